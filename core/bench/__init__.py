@@ -1,0 +1,1 @@
+"""bench entry points; see __main__.py."""

@@ -1,0 +1,1 @@
+"""eval entry points; see __main__.py."""

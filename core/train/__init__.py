@@ -1,0 +1,1 @@
+"""train entry points; see __main__.py."""
