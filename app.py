@@ -1,0 +1,123 @@
+"""Vantage app: ``python app.py`` serves Gradio and Viser on one port.
+
+Gradio runs the page; Viser runs on an internal loopback port and is reachable only
+through the same-origin proxy mounted at ``/viser`` on Gradio's own server, so one
+public port is enough (a Hugging Face Space exposes exactly one).
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parent
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+MAX_UPLOAD = "20mb"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Vantage: one photo -> novel views streamed coarse to fine, and a 3D mesh (GLB). "
+                    "Serves the Gradio page and the Viser 3D view on one port.")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="interface to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the app "
+                        "to your network: a warning is shown)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                   help="public port for the page and the proxied 3D view (default 7860)")
+    p.add_argument("--device", default="auto", help="torch device for the models: auto (CUDA if present, "
+                   "else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), metavar="DIR",
+                   help="folder with nvs/, tokenizer/ and recon/ checkpoints (default ./checkpoints); "
+                        "missing ones disable only the features that need them")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link "
+                   "(exposes the app to the internet: a warning is shown)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting per event before new ones "
+                   "are refused (default 32)")
+    return p.parse_args(argv)
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"
+
+
+def exposure_warning(host: str, share: bool) -> str | None:
+    """A sentence for the UI and the log when the app is reachable beyond this machine."""
+    if share:
+        return "This app is shared through a public link: anyone with the link can use it."
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not ON_SPACE:
+        return f"This app listens on {host}: other machines on your network can reach it."
+    return None
+
+
+@dataclass
+class Running:
+    demo: object
+    scene: object
+    backend: object
+    url: str
+
+    def close(self) -> None:
+        try:
+            self.demo.close()
+        finally:
+            self.scene.stop()
+            self.backend.sessions.close_all()
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", checkpoints: str | None = None,
+           share: bool = False, backend=None, max_queue: int = 32, quiet: bool = False) -> Running:
+    """Start everything without blocking; tests and the benchmark call this in-process."""
+    from viewer.backend import Backend
+    from viewer.proxy import mount_viser_proxy
+    from viewer.ui import ASSETS, build_demo
+    from viewer.viser_scene import ViserScene
+
+    warning = exposure_warning(host, share)
+    if warning:
+        logging.getLogger("vantage").warning(warning)
+        print(f"WARNING: {warning}", file=sys.stderr)
+    backend = backend or Backend.load(checkpoints, device=device)
+    scene = ViserScene(backend, host="127.0.0.1", port=0)
+    demo = build_demo(backend, exposed_warning=warning)
+    demo.queue(default_concurrency_limit=1, max_size=max_queue)
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False,
+                max_file_size=MAX_UPLOAD, allowed_paths=[str(backend.sessions.root), str(ASSETS)],
+                show_error=True, quiet=quiet, inbrowser=False)
+    mount_viser_proxy(demo.app, scene.port)
+    return Running(demo, scene, backend, demo.local_url)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run = launch(args.host, args.port, resolve_device(args.device), args.checkpoints, args.share,
+                 max_queue=args.max_queue)
+    print(f"Vantage running at {run.url} (3D view proxied at {run.url.rstrip('/')}/viser/)")
+    try:
+        run.demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

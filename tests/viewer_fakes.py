@@ -1,0 +1,93 @@
+"""Test-only stand-ins for the NVS and reconstruction pipelines (APIS.md signatures).
+
+They let the viewer tests run in milliseconds without trained weights. They are not
+shipped and not used by the app; tests that can build the real pipelines untrained
+prefer those (see ``real_or_fake_backend``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from core import cameras
+
+
+@dataclass
+class FakeFrame:
+    image: Image.Image
+    scale: int
+    num_scales: int
+    elapsed_s: float
+    is_final: bool
+
+
+class FakeNVS:
+    """Coarse-to-fine frames: the source rolled by the azimuth change, pixelated per scale."""
+
+    resolution = 64
+    patch_nums = (1, 2, 4, 8, 16, 64)
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def encode_source(self, image, source_w2c, fov_deg=None):
+        return {"image": image.convert("RGB").resize((self.resolution,) * 2), "w2c": np.asarray(source_w2c)}
+
+    def _target(self, src, source_w2c, target_w2c):
+        if not isinstance(src, dict):
+            src = self.encode_source(src, source_w2c)
+        az_s = cameras.spherical_from_pose(src["w2c"])[0]
+        az_t, el_t, _ = cameras.spherical_from_pose(np.asarray(target_w2c))
+        arr = np.asarray(src["image"])
+        shift = int(round((az_t - az_s) / 360.0 * self.resolution))
+        arr = np.roll(arr, shift, axis=1)
+        tint = int(np.clip(el_t, -60, 80))  # different cameras must give different pictures
+        arr = np.clip(arr.astype(int) + np.array([tint, 0, -tint]), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr)
+
+    def stream(self, src, source_w2c, target_w2c, seed=0, cfg=3.0, top_k=900, top_p=0.95,
+               preview_scales=None, cancel=None):
+        self.calls += 1
+        t0 = time.perf_counter()
+        full = self._target(src, source_w2c, target_w2c)
+        S = len(self.patch_nums)
+        for si, pn in enumerate(self.patch_nums):
+            if cancel is not None and cancel():
+                return
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            img = full.resize((pn, pn), Image.Resampling.BOX).resize((self.resolution,) * 2, Image.Resampling.NEAREST)
+            yield FakeFrame(img, si + 1, S, time.perf_counter() - t0, si == S - 1)
+
+    def generate(self, src, source_w2c, target_w2cs, seed=0, **kw):
+        return [self._target(src, source_w2c, t) for t in target_w2cs]
+
+
+class FakeScene:
+    def __init__(self, colour):
+        self.colour = colour
+
+    def render(self, w2c, size=128, fov_deg=None):
+        return Image.new("RGB", (size, size), tuple(int(c) for c in self.colour))
+
+    def render_orbit(self, n=24, elevation_deg=20, radius=2.0, size=128):
+        return [self.render(w, size) for w in cameras.orbit(n, elevation_deg, radius)]
+
+    def extract_mesh(self, resolution=256):
+        """A box taller along +Z (world up) with its +X face red: orientation is checkable."""
+        m = trimesh.creation.box(extents=(0.5, 0.4, 1.0))
+        c = np.tile(np.array([[*self.colour, 255]], np.uint8), (len(m.vertices), 1))
+        c[m.vertices[:, 0] > 0.2] = (255, 0, 0, 255)
+        m.visual.vertex_colors = c
+        return m
+
+
+class FakeRecon:
+    def reconstruct(self, images, cameras_, fov_deg=None):
+        mean = np.asarray(images[0].convert("RGB"), np.float32).reshape(-1, 3).mean(0)
+        return FakeScene(mean.astype(np.uint8))

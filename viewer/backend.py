@@ -1,0 +1,382 @@
+"""The viewer's only door into ``core``: model loading, per-session state, files, cancellation.
+
+The UI and the Viser scene never touch a model directly. ``Backend.load`` builds the
+NVS and reconstruction pipelines from a checkpoints folder when they are present and
+importable; whatever is missing is recorded with a sentence saying how to get it, and
+only the features that need it are disabled. All model calls go through one lock:
+on a small CPU two concurrent generations only slow each other down, and a newer
+camera move cancels stale work instead of queueing behind it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from core import cameras
+from core.preprocess import ImageInputError, PreprocessResult, load_input_image, preprocess
+
+log = logging.getLogger("vantage.viewer")
+
+DEFAULT_RADIUS = 2.0           # the corpus renders objects of extent 1 from radius 2
+DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can correct it
+RADIUS_RANGE = (1.2, 4.0)
+ELEVATION_RANGE = (-60.0, 80.0)
+SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
+
+
+class UserError(ValueError):
+    """A problem the user can fix (bad input, missing model); shown in the UI as is."""
+
+
+def gpu(fn: Callable) -> Callable:
+    """``spaces.GPU`` on a Hugging Face ZeroGPU Space, identity everywhere else."""
+    try:
+        import spaces  # type: ignore
+    except Exception:
+        return fn
+    return spaces.GPU(fn)
+
+
+def clamp(name: str, value: Any, lo: float, hi: float) -> float:
+    """A finite float clamped to [lo, hi]; NaN/inf/non-numbers are a ``UserError`` naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise UserError(f"{name} must be finite, got {value!r}")
+    return min(max(v, lo), hi)
+
+
+# ----------------------------------------------------------------------------- sessions
+
+_SAFE_NAME = re.compile(r"^[a-z0-9_\-]+\.(glb|ply|obj|gif|webp|png|jpg)$")
+
+
+@dataclass
+class Session:
+    """Everything one browser tab owns. Its token is the only key to it (unguessable)."""
+    token: str
+    folder: Path
+    source: PreprocessResult | None = None
+    elevation: float = DEFAULT_ELEVATION
+    radius: float = DEFAULT_RADIUS
+    encoded: Any = None                    # NVSPipeline.encode_source handle for (source, elevation)
+    encoded_key: tuple | None = None
+    generated: list[tuple[np.ndarray, Image.Image]] = field(default_factory=list)
+    mesh: Any = None                       # trimesh.Trimesh of the last lift
+    version: int = 0                       # bumped on every new source: cancels stale work
+    last_used: float = field(default_factory=time.time)
+
+    @property
+    def source_w2c(self) -> np.ndarray:
+        return cameras.pose_from_spherical(0.0, self.elevation, self.radius)
+
+    def path(self, name: str) -> Path:
+        """A file inside this session's folder; only our own fixed names are accepted."""
+        if not _SAFE_NAME.match(name):
+            raise ValueError(f"refusing file name {name!r}")
+        return self.folder / name
+
+    def write_atomic(self, name: str, write: Callable[[Path], None]) -> Path:
+        """Write via ``write(tmp_path)`` then rename: readers never see a half file."""
+        final = self.path(name)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=final.suffix)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return final
+
+
+class SessionStore:
+    """Per-session temp folders under one private root, removed on close or when idle."""
+
+    def __init__(self, root: str | Path | None = None, ttl_s: float = SESSION_TTL_S):
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="vantage-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, str], None]] = []   # (token, event) -> None
+
+    def new(self) -> Session:
+        self.sweep()
+        token = secrets.token_urlsafe(16)
+        folder = self.root / token
+        folder.mkdir(mode=0o700)
+        s = Session(token, folder)
+        with self._lock:
+            self._sessions[token] = s
+        return s
+
+    def get(self, token: str | None) -> Session | None:
+        if not token or not isinstance(token, str):
+            return None
+        with self._lock:
+            s = self._sessions.get(token)
+        if s is not None:
+            s.last_used = time.time()
+        return s
+
+    def close(self, token: str | None) -> None:
+        with self._lock:
+            s = self._sessions.pop(token, None) if token else None
+        if s is not None:
+            s.version += 1
+            shutil.rmtree(s.folder, ignore_errors=True)
+            self.notify(s.token, "closed")
+
+    def sweep(self) -> None:
+        now = time.time()
+        with self._lock:
+            stale = [t for t, s in self._sessions.items() if now - s.last_used > self.ttl_s]
+        for t in stale:
+            self.close(t)
+
+    def close_all(self) -> None:
+        for t in list(self._sessions):
+            self.close(t)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def notify(self, token: str, event: str) -> None:
+        for cb in list(self.listeners):
+            try:
+                cb(token, event)
+            except Exception:  # a broken listener must not break the session
+                log.exception("session listener failed")
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+# ----------------------------------------------------------------------------- models
+
+HOW_TO_GET = {
+    "nvs": "train it with `python -m core.train nvs` (see README) or copy a shipped `checkpoints/nvs/` "
+           "and `checkpoints/tokenizer/` into the --checkpoints folder",
+    "recon": "train it with `python -m core.train recon` (see README) or copy a shipped `checkpoints/recon/` "
+             "into the --checkpoints folder",
+}
+
+
+def _load_nvs(ckpt: Path, device: str):
+    from core.nvs import NVSPipeline  # noqa: deferred: the viewer must start without it
+    for sub in ("nvs", "tokenizer"):
+        if not (ckpt / sub / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{ckpt / sub / 'model.safetensors'} is missing")
+    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), tokenizer=str(ckpt / "tokenizer"), device=device)
+
+
+def _load_recon(ckpt: Path, device: str):
+    from core.recon import ReconPipeline  # noqa: deferred
+    if not (ckpt / "recon" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{ckpt / 'recon' / 'model.safetensors'} is missing")
+    return ReconPipeline.from_pretrained(str(ckpt / "recon"), device=device)
+
+
+class Backend:
+    """Pipelines (or the reason they are absent) plus sessions; thread-safe."""
+
+    def __init__(self, nvs=None, recon=None, problems: dict[str, str] | None = None,
+                 sessions: SessionStore | None = None, device: str = "cpu"):
+        self.nvs, self.recon, self.device = nvs, recon, device
+        self.problems = dict(problems or {})
+        for name, pipe in (("nvs", nvs), ("recon", recon)):
+            if pipe is None and name not in self.problems:
+                self.problems[name] = "not loaded"
+        self.sessions = sessions or SessionStore()
+        self.compute = threading.Lock()   # one model call at a time (see module doc)
+
+    @classmethod
+    def load(cls, checkpoints: str | Path | None, device: str = "cpu", **kw) -> "Backend":
+        """Load what is there; record what is not (with how to get it) instead of failing."""
+        ckpt = Path(checkpoints) if checkpoints else None
+        pipes, problems = {}, {}
+        for name, loader in (("nvs", _load_nvs), ("recon", _load_recon)):
+            if ckpt is None:
+                problems[name] = "no --checkpoints folder given"
+                continue
+            if not ckpt.is_dir():
+                problems[name] = f"checkpoints folder {ckpt} does not exist"
+                continue
+            try:
+                pipes[name] = loader(ckpt, device)
+            except ImportError as e:
+                problems[name] = f"the code for it is not importable ({e})"
+            except Exception as e:  # corrupt or mismatched checkpoint: say which, keep serving
+                problems[name] = f"{type(e).__name__}: {e}"
+        for name, why in problems.items():
+            log.warning("%s model unavailable: %s; %s", name, why, HOW_TO_GET[name])
+        return cls(pipes.get("nvs"), pipes.get("recon"), problems, device=device, **kw)
+
+    @property
+    def nvs_ready(self) -> bool:
+        return self.nvs is not None
+
+    @property
+    def recon_ready(self) -> bool:
+        return self.recon is not None
+
+    def status_markdown(self) -> str:
+        lines = []
+        for name, label in (("nvs", "Novel views"), ("recon", "Lift to 3D")):
+            if getattr(self, name) is not None:
+                lines.append(f"- **{label}**: ready")
+            else:
+                lines.append(f"- **{label}**: disabled. {self.problems.get(name, 'not loaded')}. "
+                             f"To enable it, {HOW_TO_GET[name]}.")
+        return "\n".join(lines)
+
+    def require(self, name: str) -> Any:
+        pipe = getattr(self, name)
+        if pipe is None:
+            label = {"nvs": "Novel-view model", "recon": "Reconstruction model"}[name]
+            raise UserError(f"{label} unavailable: {self.problems.get(name)}. To enable it, {HOW_TO_GET[name]}.")
+        return pipe
+
+    # ------------------------------------------------------------------ input
+
+    def set_source(self, session: Session, image: Any, remove_background: bool = True,
+                   foreground_ratio: float = 0.85, elevation: float | None = None) -> PreprocessResult:
+        """Open + preprocess an upload; the session's source from now on."""
+        if image is None:
+            raise UserError("drop an image first")
+        try:
+            img = load_input_image(image)
+            res = preprocess(img, remove_background=bool(remove_background),
+                             foreground_ratio=foreground_ratio, size=256)
+        except ImageInputError as e:
+            raise UserError(f"Cannot use this image: {e}") from None
+        session.source = res
+        session.encoded, session.encoded_key = None, None
+        session.generated.clear()
+        session.mesh = None
+        session.version += 1
+        if elevation is not None:
+            self.set_elevation(session, elevation)
+        self.sessions.notify(session.token, "source")
+        return res
+
+    def set_elevation(self, session: Session, elevation: float) -> None:
+        el = clamp("elevation", elevation, *ELEVATION_RANGE)
+        if el != session.elevation:
+            session.elevation = el
+            session.generated.clear()
+            session.version += 1
+            self.sessions.notify(session.token, "source")
+
+    def _source(self, session: Session):
+        if session.source is None:
+            raise UserError("drop an image first")
+        key = (id(session.source), session.elevation, session.radius)
+        if session.encoded_key != key:
+            pipe = self.require("nvs")
+            session.encoded = pipe.encode_source(session.source.image, session.source_w2c)
+            session.encoded_key = key
+        return session.encoded
+
+    # ------------------------------------------------------------------ novel views
+
+    def stream_view(self, session: Session, azimuth: float, elevation: float, radius: float,
+                    seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95,
+                    cancel: Callable[[], bool] | None = None) -> Iterator[Any]:
+        """Frames of one target view, coarse first; stops early when ``cancel()`` turns True
+        or the session gets a new source."""
+        pipe = self.require("nvs")
+        if session.source is None:
+            raise UserError("drop an image first")
+        az = clamp("azimuth", azimuth, -360.0, 360.0)
+        el = clamp("elevation", elevation, -89.0, 89.0)
+        r = clamp("distance", radius, *RADIUS_RANGE)
+        cfg = clamp("guidance", cfg, 0.0, 20.0)
+        top_k = int(clamp("top-k", top_k, 0, 1 << 20))
+        top_p = clamp("top-p", top_p, 0.0, 1.0)
+        seed = int(clamp("seed", seed, 0, 2**31 - 1))
+        target = cameras.pose_from_spherical(az, el, r)
+        version = session.version
+        stop = lambda: (cancel is not None and cancel()) or session.version != version  # noqa: E731
+        with self.compute:
+            if stop():
+                return
+            src = self._source(session)
+            for frame in pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
+                                     top_p=top_p, cancel=stop):
+                if frame.is_final and session.version == version:
+                    session.generated = [g for g in session.generated
+                                         if not np.allclose(g[0], target, atol=1e-4)] + [(target, frame.image)]
+                    session.generated = session.generated[-8:]
+                yield frame
+                if stop():
+                    return
+
+    def views_around(self, session: Session, n: int = 6, elevation: float | None = None,
+                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95
+                     ) -> list[tuple[Image.Image, str]]:
+        """A strip of ``n`` generated views around the object (batch generation)."""
+        pipe = self.require("nvs")
+        n = int(clamp("number of views", n, 1, 12))
+        el = session.elevation if elevation is None else clamp("elevation", elevation, -89.0, 89.0)
+        azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
+        targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
+        with self.compute:
+            src = self._source(session)
+            images = pipe.generate(src, session.source_w2c, targets, seed=int(seed), cfg=float(cfg),
+                                   top_k=int(top_k), top_p=float(top_p))
+        session.generated = list(zip(targets, images))[-8:]
+        return [(im, f"azimuth {a:.0f}°") for im, a in zip(images, azs)]
+
+    # ------------------------------------------------------------------ 3D
+
+    def lift(self, session: Session, use_generated: bool = False, mesh_resolution: int = 128,
+             orbit_frames: int = 24, progress: Callable[[float, str], None] | None = None) -> dict[str, Path]:
+        """Reconstruct -> orbit animation + GLB/PLY/OBJ in the session folder (atomic writes)."""
+        from core.mesh import export_glb   # deferred: core.mesh ships with the recon issue
+        pipe = self.require("recon")
+        if session.source is None:
+            raise UserError("drop an image first")
+        say = progress or (lambda f, m: None)
+        images, cams = [session.source.image], [session.source_w2c]
+        if use_generated:
+            for w2c, im in session.generated:
+                images.append(im)
+                cams.append(w2c)
+        say(0.05, f"reconstructing from {len(images)} view(s)")
+        with self.compute:
+            scene = pipe.reconstruct(images, cams)
+            say(0.35, "extracting the mesh")
+            mesh = scene.extract_mesh(resolution=int(mesh_resolution))
+            say(0.6, "rendering the orbit")
+            frames = scene.render_orbit(n=int(orbit_frames), elevation_deg=session.elevation,
+                                        radius=session.radius, size=192)
+        session.mesh = mesh
+        say(0.85, "writing files")
+        out = {"glb": session.write_atomic("object.glb", lambda p: export_glb(mesh, p)),
+               "ply": session.write_atomic("object.ply", lambda p: mesh.export(p, file_type="ply")),
+               "obj": session.write_atomic("object.obj", lambda p: mesh.export(p, file_type="obj")),
+               "orbit": session.write_atomic("orbit.gif", lambda p: _save_gif(frames, p))}
+        self.sessions.notify(session.token, "mesh")
+        say(1.0, "done")
+        return out
+
+
+def _save_gif(frames: list[Image.Image], path: Path) -> None:
+    """An orbit as an animated GIF: plays in any browser with no video codec installed."""
+    frames = [f.convert("RGB") for f in frames]
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)

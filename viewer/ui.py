@@ -1,0 +1,206 @@
+"""The Gradio page: input photo, streamed novel views, the Viser 3D view, lift to 3D.
+
+Handlers are plain functions of (session token, values) so tests call them directly.
+Uploads are read with ``preprocess=False``: Gradio would otherwise open the file with
+PIL before we can apply our own limits, and a bad file would surface as an opaque
+error. We read the cached upload ourselves through ``core.preprocess`` (only from
+Gradio's upload folder or ``assets/``) and turn every failure into a ``gr.Error``
+that names the problem.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from viewer.backend import DEFAULT_ELEVATION, DEFAULT_RADIUS, ELEVATION_RANGE, RADIUS_RANGE, Backend, UserError, gpu
+
+log = logging.getLogger("vantage.viewer")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def example_paths() -> list[str]:
+    return sorted(str(p) for p in ASSETS.glob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
+
+
+class Handlers:
+    """UI callbacks bound to one Backend; each maps problems to ``gr.Error``."""
+
+    def __init__(self, backend: Backend, extra_read_roots: list[Path] | None = None):
+        self.backend = backend
+        self.read_roots = [Path(get_upload_folder()).resolve(), ASSETS.resolve()] + \
+            [Path(p).resolve() for p in (extra_read_roots or [])]
+
+    # ---------------------------------------------------------------- sessions
+
+    def new_session(self) -> tuple[str, str, str]:
+        s = self.backend.sessions.new()
+        return s.token, viser_iframe(s.token), f"Session code for a separate Viser tab: `{s.token}`"
+
+    def _session(self, token: str):
+        s = self.backend.sessions.get(token)
+        if s is None:
+            raise gr.Error("Your session expired; reload the page.")
+        return s
+
+    # ---------------------------------------------------------------- input
+
+    def _upload_path(self, payload: Any) -> Any:
+        """The file behind a raw Gradio image payload, if it lies in a folder we may read."""
+        if payload is None or isinstance(payload, (bytes, bytearray)):
+            return payload
+        path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", payload)
+        if path is None:
+            raise gr.Error("The upload did not arrive; try again.")
+        p = Path(str(path)).resolve()
+        if not any(p.is_relative_to(root) for root in self.read_roots):
+            raise gr.Error("Refusing to read a file outside the upload folder.")
+        return p
+
+    def process(self, token: str, payload: Any, remove_background: bool, foreground_ratio: float,
+                elevation: float):
+        """Upload/example/toggle -> processed image + status text."""
+        session = self._session(token)
+        if payload is None:
+            session.source = None
+            return None, "Drop a photo of an object (a plain background works best)."
+        src = self._upload_path(payload)
+        try:
+            res = self.backend.set_source(session, src, remove_background, foreground_ratio, elevation)
+        except UserError as e:
+            raise gr.Error(str(e), title="Bad input") from None
+        how = ("background removed" if res.background_removed else "background kept") + \
+            (f" ({res.note})" if res.note else "")
+        return res.image, f"Processed: object box {res.bbox}, {how}."
+
+    def set_elevation(self, token: str, elevation: float) -> None:
+        try:
+            self.backend.set_elevation(self._session(token), elevation)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    # ---------------------------------------------------------------- novel views
+
+    def generate(self, token: str, azimuth: float, elevation: float, distance: float,
+                 seed: float, guidance: float, top_k: float, top_p: float):
+        """Stream one view, coarse to fine: yields (image, label) per finished scale."""
+        session = self._session(token)
+        t0 = time.perf_counter()
+        try:
+            for f in self.backend.stream_view(session, azimuth, elevation, distance, seed=int(seed),
+                                              cfg=guidance, top_k=int(top_k), top_p=top_p):
+                tag = "final" if f.is_final else "preview"
+                yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s"
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float):
+        try:
+            return self.backend.views_around(self._session(token), int(n), seed=int(seed), cfg=guidance,
+                                             top_k=int(top_k), top_p=top_p)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    # ---------------------------------------------------------------- 3D
+
+    def lift(self, token: str, use_generated: bool, progress=gr.Progress()):
+        """Reconstruct -> (GLB for Model3D, orbit GIF, [GLB, PLY, OBJ], status)."""
+        session = self._session(token)
+        say = (lambda f, m: progress(f, desc=m)) if progress is not None else None
+        t0 = time.perf_counter()
+        try:
+            out = self.backend.lift(session, use_generated=bool(use_generated), progress=say)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        files = [str(out[k]) for k in ("glb", "ply", "obj")]
+        return (str(out["glb"]), str(out["orbit"]), files,
+                f"Mesh ready in {time.perf_counter() - t0:.1f} s ({len(session.mesh.vertices)} vertices).")
+
+
+def viser_iframe(token: str | None) -> str:
+    src = f"/viser/s/{html.escape(token)}/" if token else "/viser/"
+    return (f'<iframe id="viser-frame" src="{src}" title="Vantage 3D view" '
+            'style="width:100%;height:520px;border:1px solid #ddd;border-radius:8px" '
+            'allow="fullscreen"></iframe>')
+
+
+def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Blocks:
+    """The whole page; handler functions are reachable by ``api_name`` for gradio_client."""
+    h = Handlers(backend)
+    nvs_on, recon_on = backend.nvs_ready, backend.recon_ready
+    with gr.Blocks(title="Vantage: one photo to novel views and 3D") as demo:
+        demo.handlers = h  # for tests
+        token = gr.State("", delete_callback=backend.sessions.close)  # tab closed -> files removed
+        gr.Markdown("# Vantage\nOne photo of an object → novel views streamed coarse to fine, "
+                    "and a 3D mesh you can download.")
+        if exposed_warning:
+            gr.Markdown(f"⚠️ **{exposed_warning}**")
+        gr.Markdown(backend.status_markdown(), elem_id="model-status")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image_in = gr.Image(label="Input photo (RGB or RGBA)", type="filepath", height=300,
+                                    elem_id="input-image")
+                with gr.Row():
+                    remove_bg = gr.Checkbox(value=True, label="Remove background")
+                    fg_ratio = gr.Slider(0.5, 1.0, value=0.85, step=0.01, label="Foreground ratio")
+                elevation_in = gr.Slider(*ELEVATION_RANGE, value=DEFAULT_ELEVATION, step=1,
+                                         label="Input view elevation (estimate, degrees)",
+                                         info="How far above the object the photo was taken; adjust if views look tilted.")
+                processed = gr.Image(label="Processed input", type="pil", height=256, interactive=False,
+                                     elem_id="processed-image")
+                input_status = gr.Markdown("Drop a photo of an object (a plain background works best).")
+                examples = example_paths()
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image_in], label="Examples")
+            with gr.Column(scale=1):
+                gr.Markdown("### Novel view")
+                azimuth = gr.Slider(-180, 180, value=45, step=1, label="Azimuth (degrees)")
+                elevation_t = gr.Slider(-30, 80, value=DEFAULT_ELEVATION, step=1, label="Elevation (degrees)")
+                distance = gr.Slider(*RADIUS_RANGE, value=DEFAULT_RADIUS, step=0.05, label="Distance")
+                with gr.Accordion("Advanced", open=False):
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance (CFG)")
+                    top_k = gr.Slider(0, 4096, value=900, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
+                gen_btn = gr.Button("Generate", variant="primary", interactive=nvs_on)
+                view_out = gr.Image(label="Generated view", type="pil", height=256, interactive=False,
+                                    elem_id="novel-view")
+                view_label = gr.Markdown("", elem_id="novel-view-label")
+                with gr.Row():
+                    n_views = gr.Slider(2, 12, value=6, step=1, label="Views around the object")
+                    strip_btn = gr.Button("Generate strip", interactive=nvs_on)
+                strip = gr.Gallery(label="Views around the object", columns=6, height=180)
+        gr.Markdown("### 3D view (drag to orbit: every move generates that view)")
+        viser_html = gr.HTML(viser_iframe(None), elem_id="viser-view")
+        session_md = gr.Markdown("")
+        gr.Markdown("### Lift to 3D")
+        with gr.Row():
+            use_gen = gr.Checkbox(value=False, label="Also use the generated views")
+            lift_btn = gr.Button("Lift to 3D", variant="primary", interactive=recon_on)
+        lift_status = gr.Markdown("")
+        with gr.Row():
+            model3d = gr.Model3D(label="Mesh (GLB)", height=360, clear_color=(1, 1, 1, 1))
+            orbit = gr.Image(label="Orbit", type="filepath", height=360, interactive=False)
+        downloads = gr.File(label="Downloads (GLB, PLY, OBJ)", file_count="multiple", interactive=False)
+
+        demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session")
+        proc_inputs = [token, image_in, remove_bg, fg_ratio, elevation_in]
+        image_in.change(h.process, proc_inputs, [processed, input_status], preprocess=False,
+                        api_name="process", concurrency_limit=4)
+        for ev in (remove_bg.change, fg_ratio.release):
+            ev(h.process, proc_inputs, [processed, input_status], preprocess=False,
+               api_visibility="private", concurrency_limit=4)
+        elevation_in.release(h.set_elevation, [token, elevation_in], None, api_name="set_elevation")
+        gen_btn.click(gpu(h.generate), [token, azimuth, elevation_t, distance, seed, guidance, top_k, top_p],
+                      [view_out, view_label], api_name="generate", concurrency_limit=2)
+        strip_btn.click(gpu(h.views_around), [token, n_views, seed, guidance, top_k, top_p], strip,
+                        api_name="views_around")
+        lift_btn.click(gpu(h.lift), [token, use_gen], [model3d, orbit, downloads, lift_status],
+                       api_name="lift")
+    return demo
