@@ -82,7 +82,9 @@ def _open(src: Any) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageInputError(f"{name}: not an image file (or a format that cannot be read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(f"{name}: the image is too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
         raise ImageInputError(f"{name}: unreadable image ({e})") from None
 
 
