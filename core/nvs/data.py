@@ -1,0 +1,116 @@
+"""Pre-tokenised NVS training data: the corpus is encoded by the (frozen) tokenizer once.
+
+Encoding dominates a training step on a CPU, so each object folder becomes one ``.npz``
+under ``<cache>/<tokenizer fingerprint>/<split>/``: multi-scale indices of every view
+(concatenated, coarse first), poses, FOV, the views at the learned encoder's input size,
+and ``{i}e.npy`` embeddings when the folder has them. A new tokenizer gets a new folder.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import cameras
+from core.data.io import DataError, image_to_tensor, index_objects, read_view
+
+
+def cache_dir(root: str | Path, tok_hash: str, split: str) -> Path:
+    return Path(root) / tok_hash / split
+
+
+@torch.no_grad()
+def tokenise_objects(data, split: str | None, tok, out: Path, small: int, max_objects: int | None = None,
+                     batch: int = 12, progress: bool = True) -> int:
+    """Encode every object folder not cached yet; returns how many were written."""
+    from tqdm import tqdm
+    objs = index_objects(data, split, report=lambda m: print(f"skip: {m}"))[:max_objects]
+    out.mkdir(parents=True, exist_ok=True)
+    R, n = tok.config.resolution, 0
+    for o in tqdm(objs, desc=f"tokenise {split or 'all'}", disable=not progress):
+        dst = out / f"{o.folder.name}.npz"
+        if dst.is_file():
+            continue
+        try:
+            views = [read_view(o.folder, v, R, fov_deg=o.fov_deg) for v in o.views]
+        except DataError as e:
+            print(f"skip: {e}")
+            continue
+        imgs = torch.stack([image_to_tensor(v.image) for v in views])
+        idx = torch.cat([torch.cat(tok.encode_indices(imgs[i:i + batch].to(tok.device)), 1).cpu()
+                         for i in range(0, len(imgs), batch)])
+        smalls = np.stack([np.asarray(v.image.resize((small, small), Image.Resampling.BOX)) for v in views])
+        arrays = dict(tokens=idx.numpy().astype(np.int16), poses=np.stack([v.w2c for v in views]).astype(np.float32),
+                      fov=np.float32(o.fov_deg), small=smalls.astype(np.uint8), views=np.array(o.views))
+        if all(v.embedding is not None for v in views):
+            arrays["emb"] = np.stack([v.embedding for v in views]).astype(np.float32)
+        tmp = dst.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(dst)
+        n += 1
+    return n
+
+
+@dataclass
+class TokenObject:
+    name: str
+    tokens: np.ndarray   # [V, L] int16
+    poses: np.ndarray    # [V, 3, 4]
+    small: np.ndarray    # [V, r, r, 3] uint8
+    emb: np.ndarray | None
+    fov: float
+    views: list[str]
+
+
+def load_cached(folder: Path, skip: set[str] | None = None) -> list[TokenObject]:
+    """Cached objects in ``folder`` (those named in ``skip`` are left out: already loaded)."""
+    out = []
+    for f in sorted(Path(folder).glob("*.npz")):
+        if f.name.endswith(".tmp.npz") or (skip is not None and f.stem in skip):
+            continue
+        with np.load(f) as z:
+            out.append(TokenObject(f.stem, z["tokens"], z["poses"], z["small"], z["emb"] if "emb" in z else None,
+                                   float(z["fov"]), [str(v) for v in z["views"]]))
+    return out
+
+
+class PairSampler:
+    """Random (source, target) pairs; with ``zero_pose_rate`` the target is the source itself
+    (so generating the source camera learns to reproduce the source)."""
+
+    def __init__(self, objects: list[TokenObject], zero_pose_rate: float = 0.15, seed: int | None = None):
+        if not objects:
+            raise DataError("no tokenised objects")
+        self.objects, self.zero_pose_rate = objects, zero_pose_rate
+        self.rng = random.Random(seed)
+
+    def pairs(self, n: int) -> list[tuple[int, int, int]]:
+        out = []
+        for _ in range(n):
+            o = self.rng.randrange(len(self.objects))
+            V = len(self.objects[o].views)
+            s = self.rng.randrange(V)
+            t = s if self.rng.random() < self.zero_pose_rate else self.rng.choice([v for v in range(V) if v != s])
+            out.append((o, s, t))
+        return out
+
+    def batch(self, pairs, device="cpu") -> dict[str, torch.Tensor]:
+        objs = self.objects
+        src = torch.from_numpy(np.stack([objs[o].tokens[s] for o, s, _ in pairs]).astype(np.int64))
+        tgt = torch.from_numpy(np.stack([objs[o].tokens[t] for o, _, t in pairs]).astype(np.int64))
+        rel = np.stack([cameras.relative_pose(objs[o].poses[s], objs[o].poses[t]) for o, s, t in pairs])
+        small = np.stack([objs[o].small[s] for o, s, _ in pairs])
+        b = dict(src=src.to(device), tgt=tgt.to(device), rel_pose=torch.from_numpy(rel).to(device),
+                 small=(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device))
+        if all(objs[o].emb is not None for o, _, _ in pairs):
+            b["emb"] = torch.from_numpy(np.stack([objs[o].emb[s] for o, s, _ in pairs])).to(device)
+        return b
+
+
+def split_scales(idx: torch.Tensor, patch_nums) -> list[torch.Tensor]:
+    """Concatenated indices [B, L] -> per-scale list of [B, pn*pn]."""
+    return list(idx.split([p * p for p in patch_nums], dim=1))

@@ -1,0 +1,265 @@
+"""The next-scale NVS transformer (ArchonView on VAR), written for a KV cache from the start.
+
+Sequence = [source prefix: L tokens][target: L tokens, coarse scale first]. The prefix is
+the source view's multi-scale codebook vectors (shared ``word_embed`` plus its own
+``xlvl_embed``/``xpos_1LC``) and attends only to itself, bidirectionally. Target tokens of
+scale s see the whole prefix and target scales <= s (block-causal). The global condition
+``emb_linear(pose_embed([image embedding, relative pose]))`` is the AdaLN input of every
+block and the start token; there is no AdaLN before the head.
+
+Parameter names follow ArchonView's ``models/var.py`` / ``basic_var.py`` so its published
+weights map over by name (see ``importer.py``).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.checkpoint import config_from_dict, load_config, load_into, save_checkpoint
+from core.nvs.config import NVSConfig
+from core.nvs.embedders import CNNEncoder
+
+IDENTITY_POSE = (0.0, 0.0, 1.0, 0.0)  # relative pose of a view to itself: [d_theta, sin 0, cos 0, d_r]
+
+KV = tuple[torch.Tensor, torch.Tensor]  # per block: keys, values [B, H, T, head_dim]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, l2_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim, self.l2_norm = heads, width // heads, l2_norm
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        if l2_norm:  # VAR's cosine attention with a learned per-head temperature (stable at any depth)
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.proj = nn.Linear(width, width)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.l2_norm:
+            q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().to(q.dtype)
+            k = F.normalize(k, dim=-1)
+        return q, k, v
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.l2_norm else 0.25 / math.sqrt(self.head_dim)
+
+    def forward(self, x, past: KV | None = None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
+        q, k, v = self.qkv(x)
+        if past is not None:
+            k, v = torch.cat((past[0].to(k.dtype), k), dim=2), torch.cat((past[1].to(v.dtype), v), dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        B, H, T, D = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D)), (k, v)
+
+
+class FFN(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNSelfAttn(nn.Module):
+    """Pre-norm block whose LayerNorm scale/shift and residual gates come from the condition."""
+
+    def __init__(self, cfg: NVSConfig):
+        super().__init__()
+        C = cfg.width
+        self.C = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio))
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)  # gamma1, gamma2, scale1, scale2, shift1, shift2
+
+    def forward(self, x, cond, past: KV | None = None, mask=None, kv_only: bool = False):
+        g1, g2, s1, s2, b1, b2 = self.modulation(cond)
+        h = self.ln_wo_grad(x) * (s1 + 1) + b1
+        if kv_only:  # the last block's prefix output is never read: only its keys/values are
+            _, k, v = self.attn.qkv(h)
+            return None, (k, v)
+        a, kv = self.attn(h, past, mask)
+        x = x + a * g1
+        x = x + self.ffn(self.ln_wo_grad(x) * (s2 + 1) + b2) * g2
+        return x, kv
+
+
+class NVSTransformer(nn.Module):
+    def __init__(self, cfg: NVSConfig):
+        super().__init__()
+        self.config = cfg
+        C, E, L = cfg.width, cfg.embed_dim, cfg.num_tokens
+        self.first_l = cfg.patch_nums[0] ** 2
+        std = math.sqrt(1 / C / 3)
+        # global condition: [image embedding, relative pose] -> pose_embed -> emb_linear
+        self.image_encoder = CNNEncoder(E, cfg.cnn_width, cfg.cnn_resolution) if cfg.embedder == "cnn" else None
+        self.pose_embed = nn.Linear(E + 4, E)
+        self.emb_linear = nn.Linear(E, C)
+        self.null_emb = nn.Parameter(F.normalize(torch.randn(E), dim=0))   # unconditional image embedding
+        self.null_token = nn.Parameter(F.normalize(torch.randn(C), dim=0))  # unconditional prefix token
+        # token embeddings
+        self.word_embed = nn.Linear(cfg.latent_dim, C)
+        self.pos_start = nn.Parameter(torch.randn(1, self.first_l, C) * std)
+        self.pos_1LC = nn.Parameter(torch.randn(1, L, C) * std)
+        self.xpos_1LC = nn.Parameter(torch.randn(1, L, C) * std)
+        self.lvl_embed = nn.Embedding(cfg.num_scales, C)
+        self.xlvl_embed = nn.Embedding(cfg.num_scales, C)
+        self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
+        self.head = nn.Linear(C, cfg.vocab_size)
+        lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(cfg.patch_nums)])
+        self.register_buffer("lvl_1L", lvl[None], persistent=False)
+        self.begin_ends = [(sum(p * p for p in cfg.patch_nums[:i]), sum(p * p for p in cfg.patch_nums[:i + 1]))
+                           for i in range(cfg.num_scales)]
+        self._init_weights(std)
+
+    def _init_weights(self, std: float, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02):
+        """VAR's recipe: small truncated-normal linears, near-zero residual gates, tiny head."""
+        for name, m in self.named_modules():
+            if name.startswith("image_encoder"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+        E = self.config.embed_dim
+        with torch.no_grad():  # identity on the embedding part (ArchonView meant this; its init overwrote it)
+            self.pose_embed.weight[:, :E].copy_(torch.eye(E))
+        self.head.weight.data.mul_(init_head)
+        C, depth = self.config.width, self.config.depth
+        for b in self.blocks:
+            b.attn.proj.weight.data.div_(math.sqrt(2 * depth))
+            b.ffn.fc2.weight.data.div_(math.sqrt(2 * depth))
+            b.ada_lin[-1].weight.data[2 * C:].mul_(init_adaln)
+            b.ada_lin[-1].weight.data[:2 * C].mul_(init_adaln_gamma)
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "NVSTransformer":
+        cfg = config_from_dict(NVSConfig, load_config(folder), source=str(Path(folder) / "config.json"))
+        return load_into(cls(cfg), folder)
+
+    def save_pretrained(self, folder) -> Path:
+        return save_checkpoint(folder, self.state_dict(), self.config.to_dict())
+
+    # ------------------------------------------------------------------ conditions
+    def embed_image(self, img: torch.Tensor) -> torch.Tensor:
+        """Learned global embedding of source images [B,3,R,R] in [-1,1] -> [B, embed_dim]."""
+        if self.image_encoder is None:
+            raise ValueError(f"this model uses embedder={self.config.embedder!r}: compute the embedding with "
+                             "core.nvs.embedders (or {i}e.npy files), not the learned encoder")
+        return self.image_encoder(img)
+
+    def check_embedding(self, emb: torch.Tensor) -> None:
+        if emb.dim() != 2 or emb.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"image embedding has shape {tuple(emb.shape)}, the model expects "
+                             f"[B, {self.config.embed_dim}] ({self.config.embedder} embedder)")
+
+    def condition(self, emb: torch.Tensor, rel_pose: torch.Tensor) -> torch.Tensor:
+        self.check_embedding(emb)
+        if rel_pose.dim() != 2 or rel_pose.shape[-1] != 4:
+            raise ValueError(f"relative pose has shape {tuple(rel_pose.shape)}, expected [B, 4]")
+        return self.emb_linear(self.pose_embed(torch.cat((emb, rel_pose.to(emb.dtype)), dim=1)))
+
+    def source_condition(self, emb: torch.Tensor) -> torch.Tensor:
+        """The prefix's AdaLN input for prefix_cond='source': the source seen from itself."""
+        return self.condition(emb, emb.new_tensor(IDENTITY_POSE).expand(emb.shape[0], 4))
+
+    def null_condition(self, B: int) -> torch.Tensor:
+        return self.emb_linear(self.null_emb)[None].expand(B, -1)
+
+    # ------------------------------------------------------------------ token embeddings
+    def embed_prefix(self, src_codes: torch.Tensor) -> torch.Tensor:
+        """Source codebook vectors [B, L, Cvae] -> prefix tokens [B, L, C]."""
+        return self.word_embed(src_codes) + self.xlvl_embed(self.lvl_1L) + self.xpos_1LC
+
+    def null_prefix(self, B: int) -> torch.Tensor:
+        return self.null_token.expand(B, self.config.num_tokens, -1)
+
+    def lvl_pos(self, si: int) -> torch.Tensor:
+        bg, ed = self.begin_ends[si]
+        return self.lvl_embed(self.lvl_1L[:, bg:ed]) + self.pos_1LC[:, bg:ed]
+
+    def start_tokens(self, cond: torch.Tensor) -> torch.Tensor:
+        return cond[:, None] + self.pos_start + self.lvl_pos(0)
+
+    def embed_scale(self, si: int, x: torch.Tensor) -> torch.Tensor:
+        """Accumulated-feature input of scale ``si`` >= 1 [B, pn^2, Cvae] -> tokens."""
+        return self.word_embed(x) + self.lvl_pos(si)
+
+    def target_mask(self, upto: int | None = None, device=None) -> torch.Tensor:
+        """Bool [Lt, L + Lt] (True = may attend) for target tokens of scales < ``upto``."""
+        ed = self.begin_ends[(upto or self.config.num_scales) - 1][1]
+        lvl = self.lvl_1L[0, :ed]
+        causal = lvl[None, :] <= lvl[:, None]
+        return torch.cat((torch.ones(ed, self.config.num_tokens, dtype=torch.bool, device=lvl.device), causal), 1)
+
+    # ------------------------------------------------------------------ running the blocks
+    def encode_prefix(self, prefix: torch.Tensor, cond_p: torch.Tensor) -> list[KV]:
+        """Keys/values of the prefix in every block (it attends only to itself)."""
+        kvs, x = [], prefix
+        for i, b in enumerate(self.blocks):
+            x, kv = b(x, cond_p, kv_only=i == len(self.blocks) - 1)
+            kvs.append(kv)
+        return kvs
+
+    def run(self, x: torch.Tensor, cond: torch.Tensor, past: list[KV], mask=None) -> tuple[torch.Tensor, list[KV]]:
+        """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales])."""
+        new = []
+        for b, kv in zip(self.blocks, past):
+            x, kv = b(x, cond, kv, mask)
+            new.append(kv)
+        return x, new
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h).float()
+
+    def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V].
+
+        emb [B,E] image embedding; rel_pose [B,4]; src_codes [B,L,Cvae] source codebook vectors;
+        x_tf [B, L - first_l, Cvae] from ``tok.teacher_forcing_inputs``; drop [B] bool: which
+        samples get the unconditional branch (global condition AND prefix nulled). In training
+        mode it defaults to Bernoulli(cond_drop_rate) per sample, so CFG's branch is trained.
+        """
+        B = emb.shape[0]
+        if drop is None:
+            drop = (torch.rand(B, device=emb.device) < self.config.cond_drop_rate) if self.training \
+                else torch.zeros(B, dtype=torch.bool, device=emb.device)
+        d = drop[:, None]
+        cond = torch.where(d, self.null_condition(B), self.condition(emb, rel_pose))
+        cond_p = cond if self.config.prefix_cond == "full" else \
+            torch.where(d, self.null_condition(B), self.source_condition(emb))
+        prefix = torch.where(d[:, :, None], self.null_prefix(B), self.embed_prefix(src_codes))
+        x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
+                       + self.pos_1LC[:, self.first_l:]), dim=1)
+        h, _ = self.run(x, cond, self.encode_prefix(prefix, cond_p), self.target_mask())
+        return self.logits(h)
+
+    def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:
+        """AdamW groups: no decay on norms/biases/embeddings; the pose path at ``pose_lr_mult`` x lr."""
+        pose, decay, no_decay = [], [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if n.startswith("pose_embed"):
+                pose.append(p)
+            elif p.dim() < 2 or "pos_" in n or "lvl_embed" in n or n in ("null_emb", "null_token") or n.endswith("scale_mul_1H11"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [dict(params=decay, lr=lr, weight_decay=weight_decay, name="decay"),
+                dict(params=no_decay, lr=lr, weight_decay=0.0, name="no_decay"),
+                dict(params=pose, lr=lr * pose_lr_mult, weight_decay=0.0, name="pose", lr_mult=pose_lr_mult)]

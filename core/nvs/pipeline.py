@@ -1,0 +1,242 @@
+"""Inference entry point: source photo + cameras -> novel views, streamed coarse to fine.
+
+``encode_source`` runs the tokenizer, the image embedder and the prefix blocks once per
+source image; every later camera reuses that handle (the viewer asks for many cameras of
+one photo). ``stream`` yields a decoded preview after each scale; its last frame is exactly
+the image ``generate`` returns for the same seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import cameras
+from core.checkpoint import CheckpointError
+from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image
+from core.nvs.config import NVSConfig
+from core.nvs.model import KV, NVSTransformer
+from core.nvs.sampling import cat_kv, expand_kv, next_scale_sample
+
+
+@dataclass
+class Frame:
+    image: Image.Image
+    scale: int              # 1-based index of the scale just finished
+    num_scales: int
+    elapsed_s: float        # since the call started
+    is_final: bool
+    timings: dict = field(default_factory=dict)  # cumulative seconds: sample_s, decode_s
+
+
+@dataclass
+class SourceHandle:
+    """A source view prepared once: tokens, embedding and (prefix_cond='source') prefix KV cache."""
+    image: Image.Image
+    w2c: np.ndarray
+    fov_deg: float
+    indices: list[torch.Tensor]
+    codes: torch.Tensor                 # [1, L, Cvae] codebook vectors of the source tokens
+    embedding: torch.Tensor             # [1, E]
+    prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
+
+
+def check_camera(name: str, w2c) -> np.ndarray:
+    """A usable 3x4 world-to-camera matrix, or a CameraError that says what is wrong with it."""
+    try:
+        a = np.asarray(w2c, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise cameras.CameraError(f"{name}: not a numeric 3x4 world-to-camera matrix") from None
+    problems = [p for p in cameras.validate_w2c(a) if "does not look at" not in p]
+    if problems:
+        raise cameras.CameraError(f"{name}: {'; '.join(problems)}")
+    return a[:3, :4].astype(np.float32)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """Hash of the tokenizer's codebook: a pair trained together shares it."""
+    with torch.no_grad():
+        book = tok.lookup(torch.arange(tok.config.vocab_size)[None]).float().cpu().numpy()
+    return hashlib.sha256(np.ascontiguousarray(book).tobytes()).hexdigest()[:16]
+
+
+def check_pair(cfg: NVSConfig, tok, check_hash: bool = True) -> None:
+    t = tok.config
+    bad = [f"{k}: nvs {a} vs tokenizer {b}" for k, a, b in (
+        ("vocab_size", cfg.vocab_size, t.vocab_size), ("latent_dim", cfg.latent_dim, t.latent_dim),
+        ("patch_nums", tuple(cfg.patch_nums), tuple(t.patch_nums)), ("resolution", cfg.resolution, t.resolution)) if a != b]
+    if not bad and check_hash and cfg.tokenizer_hash and cfg.tokenizer_hash != tokenizer_fingerprint(tok):
+        bad.append(f"codebook fingerprint: nvs was trained with {cfg.tokenizer_hash}, this tokenizer is "
+                   f"{tokenizer_fingerprint(tok)} (retrained tokenizer? retrain or re-import the NVS model)")
+    if bad:
+        raise CheckpointError("mismatched tokenizer/NVS pair: " + "; ".join(bad))
+
+
+class NVSPipeline:
+    def __init__(self, model: NVSTransformer, tokenizer, device="cpu", embedder=None, autocast: bool | None = None):
+        check_pair(model.config, tokenizer)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tok = tokenizer.to(self.device).eval()
+        cfg = model.config
+        if cfg.embedder == "cnn":
+            self.embedder = model.embed_image
+        elif embedder is None:
+            raise ValueError("this NVS model needs an open_clip embedder: pass clip_weights=<local ViT-L/14 file> "
+                             "to from_pretrained (or embedder=...)")
+        else:
+            self.embedder = embedder
+        # bf16 autocast: measured faster on CPUs with AVX-512 bf16 and on GPUs; off = exact fp32
+        self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
+        self._uncond_kv: list[KV] | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, folder, tokenizer=None, device="cpu", clip_weights=None, autocast=None) -> "NVSPipeline":
+        from core.tokenizer import MultiScaleVQVAE
+        folder = Path(folder)
+        model = NVSTransformer.from_pretrained(folder)
+        tok_dir = Path(tokenizer) if tokenizer is not None else folder.parent / "tokenizer"
+        if isinstance(tokenizer, (str, Path)) or tokenizer is None:
+            if not tok_dir.is_dir():
+                raise CheckpointError(f"{tok_dir}: tokenizer checkpoint not found (pass tokenizer=<folder>)")
+            tok = MultiScaleVQVAE.from_pretrained(tok_dir, device=device)
+        else:
+            tok = tokenizer
+        embedder = None
+        if model.config.embedder == "open_clip":
+            from core.nvs.embedders import OpenCLIPEmbedder
+            w = clip_weights or model.config.clip_weights
+            if w and not Path(w).is_absolute():
+                w = folder / w
+            embedder = OpenCLIPEmbedder(model.config.clip_model, w, device=device)
+        return cls(model, tok, device, embedder, autocast)
+
+    @property
+    def resolution(self) -> int:
+        return self.model.config.resolution
+
+    @property
+    def num_scales(self) -> int:
+        return self.model.config.num_scales
+
+    def _ac(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ source
+    def _image_tensor(self, image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"source image must be a PIL.Image, got {type(image).__name__}")
+        return image_to_tensor(resize_area(composite_on_white(image), self.resolution))[None].to(self.device)
+
+    @torch.no_grad()
+    def encode_source(self, image: Image.Image, source_w2c, fov_deg: float | None = None,
+                      embedding: np.ndarray | torch.Tensor | None = None) -> SourceHandle:
+        """Tokenise + embed the source and cache its prefix; reuse the handle for every camera."""
+        w2c = check_camera("source_w2c", source_w2c)
+        x = self._image_tensor(image)
+        idx = self.tok.encode_indices(x)
+        codes = torch.cat([self.tok.lookup(i) for i in idx], dim=1)
+        if embedding is not None:
+            emb = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, -1).to(self.device)
+        else:
+            with self._ac():
+                emb = self.embedder(x).float()
+        self.model.check_embedding(emb)
+        h = SourceHandle(tensor_to_image(x[0]), w2c, fov_deg or cameras.DEFAULT_FOV_DEG, idx, codes, emb)
+        if self.model.config.prefix_cond == "source":
+            with self._ac():
+                h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes), self.model.source_condition(emb))
+        return h
+
+    def _uncond_prefix(self) -> list[KV]:
+        if self._uncond_kv is None:  # the null prefix is the same for every source: cache it for good
+            with self._ac():
+                self._uncond_kv = self.model.encode_prefix(self.model.null_prefix(1), self.model.null_condition(1))
+        return self._uncond_kv
+
+    def _prepare(self, src, source_w2c, targets: Sequence, cfg: float, reuse_prefix: bool = True):
+        handle = src if isinstance(src, SourceHandle) else self.encode_source(src, source_w2c)
+        s_w2c = handle.w2c if source_w2c is None else check_camera("source_w2c", source_w2c)
+        tg = [check_camera(f"target_w2c[{i}]", t) for i, t in enumerate(targets)]
+        if not tg:
+            raise ValueError("no target cameras given")
+        rel = torch.from_numpy(np.stack([cameras.relative_pose(s_w2c, t) for t in tg])).to(self.device)
+        N, m = len(tg), self.model
+        with self._ac():
+            cond = m.condition(handle.embedding.expand(N, -1), rel)
+            uncond = m.null_condition(N) if cfg != 0 else None
+
+        def prefix_kv() -> list[KV]:
+            with self._ac():
+                if m.config.prefix_cond == "full":
+                    kv = m.encode_prefix(m.embed_prefix(handle.codes).expand(N, -1, -1), cond)
+                elif reuse_prefix and handle.prefix_kv is not None:
+                    kv = expand_kv(handle.prefix_kv, N)
+                else:
+                    kv = expand_kv(m.encode_prefix(m.embed_prefix(handle.codes), m.source_condition(handle.embedding)), N)
+                if uncond is not None:
+                    ukv = self._uncond_prefix() if reuse_prefix else \
+                        m.encode_prefix(m.null_prefix(1), m.null_condition(1))
+                    kv = cat_kv(kv, expand_kv(ukv, N))
+            return kv
+        return handle, cond, uncond, prefix_kv
+
+    # ------------------------------------------------------------------ sampling
+    def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
+                reuse_prefix=True) -> Iterator[tuple[int, torch.Tensor]]:
+        _, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix)
+        it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
+                               top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel)
+        while True:
+            with torch.no_grad(), self._ac():
+                nxt = next(it, None)
+            if nxt is None:
+                return
+            yield nxt[0], nxt[1]
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor) -> list[Image.Image]:
+        return [tensor_to_image(x) for x in self.tok.decode_fhat(f_hat.float()).float()]
+
+    def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
+               top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
+               cancel: Callable[[], bool] | None = None, temperature: float = 1.0) -> Iterator[Frame]:
+        """One target camera, coarse to fine: a Frame after each scale in ``preview_scales``
+        (1-based; default all); the last scale is always decoded and is the final view."""
+        t0 = time.perf_counter()
+        S = self.num_scales
+        keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
+        sample_s = decode_s = 0.0
+        t = time.perf_counter()
+        for si, f_hat in self._scales(src_or_image, source_w2c, [target_w2c], seed, cfg, top_k, top_p,
+                                      temperature, cancel):
+            sample_s += time.perf_counter() - t
+            if si + 1 in keep:
+                t = time.perf_counter()
+                img = self.decode(f_hat)[0]
+                decode_s += time.perf_counter() - t
+                yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
+                            {"sample_s": sample_s, "decode_s": decode_s})
+                if cancel is not None and cancel():
+                    return
+            t = time.perf_counter()
+
+    def generate(self, src_or_image, source_w2c, target_w2cs: Sequence, seed: int = 0, cfg: float = 3.0,
+                 top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0, use_cache: bool = True,
+                 reuse_prefix: bool = True) -> list[Image.Image]:
+        """A batch of target cameras at once -> list of PIL images (same seed -> same images)."""
+        if isinstance(target_w2cs, np.ndarray) and target_w2cs.ndim == 2:
+            target_w2cs = [target_w2cs]
+        f_hat = None
+        for _, f_hat in self._scales(src_or_image, source_w2c, list(target_w2cs), seed, cfg, top_k, top_p,
+                                     temperature, None, use_cache, reuse_prefix):
+            pass
+        return self.decode(f_hat)

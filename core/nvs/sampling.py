@@ -1,0 +1,88 @@
+"""Next-scale sampling: KV cache, classifier-free guidance with ArchonView's linear ramp,
+top-k / top-p, per-sample seeded generators (a target's image does not depend on what
+else is in the batch)."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from core.nvs.model import KV, NVSTransformer
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Mask (to -inf) everything outside the top-k and outside the smallest top-p mass."""
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        srt, idx = logits.sort(dim=-1)
+        remove = srt.softmax(-1).cumsum(-1) <= 1.0 - top_p
+        remove[..., -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, idx, remove), float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0, top_p: float = 0.0,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """logits [N, l, V] -> indices [N, l]; row i draws from ``generators[i]``; temperature 0 = argmax."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.stack([torch.multinomial(p, 1, generator=g)[:, 0] for p, g in zip(probs, generators)])
+
+
+def cfg_ramp(cfg: float, si: int, num_scales: int) -> float:
+    """ArchonView's guidance: 0 at the first scale, rising linearly to ``cfg`` at the last."""
+    return cfg * si / max(num_scales - 1, 1)
+
+
+def expand_kv(kvs: list[KV], n: int) -> list[KV]:
+    """Batch-1 keys/values -> batch n views (no copy)."""
+    return [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kvs]
+
+
+def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
+    return [(torch.cat((ka, kb)), torch.cat((va, vb))) for (ka, va), (kb, vb) in zip(a, b)]
+
+
+@torch.no_grad()
+def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
+                      prefix_kv: Callable[[], list[KV]], seed: int = 0, cfg: float = 3.0, top_k: int = 0,
+                      top_p: float = 0.0, temperature: float = 1.0, use_cache: bool = True,
+                      cancel: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
+
+    cond [N,C] (and uncond [N,C] when guiding) are the AdaLN conditions; ``prefix_kv()``
+    returns the prefix keys/values for the whole (2N with CFG) batch — a cached list when
+    ``use_cache``, recomputed every scale otherwise (the no-cache baseline recomputes the
+    prefix and all earlier scales each step).
+    """
+    N, S = cond.shape[0], model.config.num_scales
+    guided = uncond is not None and cfg != 0
+    c = torch.cat((cond, uncond)) if guided else cond
+    gens = [torch.Generator(device=cond.device).manual_seed(int(seed)) for _ in range(N)]
+    x = model.start_tokens(c)
+    past = prefix_kv() if use_cache else None
+    seen: list[torch.Tensor] = []
+    f_hat = tok.empty_fhat(N).to(cond.device)
+    for si, pn in enumerate(model.config.patch_nums):
+        if cancel is not None and cancel():
+            return
+        if use_cache:
+            h, past = model.run(x, c, past)
+        else:
+            seen.append(x)
+            h, _ = model.run(torch.cat(seen, 1), c, prefix_kv(), model.target_mask(si + 1))
+            h = h[:, -pn * pn:]
+        logits = model.logits(h)
+        if guided:
+            t = cfg_ramp(cfg, si, S)
+            logits = (1 + t) * logits[:N] - t * logits[N:]
+        idx = sample_tokens(logits, gens, top_k, top_p, temperature)
+        f_hat, nxt = tok.next_input(si, f_hat, idx)
+        yield si, f_hat, idx
+        if nxt is not None:
+            x = model.embed_scale(si + 1, nxt.to(c.dtype))
+            x = torch.cat((x, x)) if guided else x
