@@ -103,10 +103,13 @@ class NVSPipeline:
         from core.tokenizer import MultiScaleVQVAE
         folder = Path(folder)
         model = NVSTransformer.from_pretrained(folder)
-        tok_dir = Path(tokenizer) if tokenizer is not None else folder.parent / "tokenizer"
         if isinstance(tokenizer, (str, Path)) or tokenizer is None:
-            if not tok_dir.is_dir():
-                raise CheckpointError(f"{tok_dir}: tokenizer checkpoint not found (pass tokenizer=<folder>)")
+            # explicit folder, else OUT/tokenizer (imported bundles), else a sibling checkpoints/tokenizer
+            cands = [Path(tokenizer)] if tokenizer is not None else [folder / "tokenizer", folder.parent / "tokenizer"]
+            tok_dir = next((c for c in cands if (c / "config.json").is_file()), None)
+            if tok_dir is None:
+                raise CheckpointError(f"tokenizer checkpoint not found at {' or '.join(map(str, cands))} "
+                                      "(pass tokenizer=<folder>)")
             tok = MultiScaleVQVAE.from_pretrained(tok_dir, device=device)
         else:
             tok = tokenizer

@@ -1,0 +1,318 @@
+"""Next-scale NVS: masks, KV cache vs full recompute, CFG branch, streaming, seeds, prefix
+reuse, bad input, checkpoints, training/eval CLIs, the ArchonView importer, open_clip."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import cameras
+from core.checkpoint import CheckpointError
+from core.data.io import write_meta, write_view
+from core.nvs import Frame, NVSConfig, NVSPipeline, NVSTransformer
+from core.nvs.pipeline import tokenizer_fingerprint
+from core.nvs.sampling import filter_logits
+from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
+
+TOK_CFG = dict(resolution=32, ch=16, ch_mult=(1, 2, 2, 2), norm_groups=8, vocab_size=64, latent_dim=8,
+               patch_nums=(1, 2, 4), num_res_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return MultiScaleVQVAE(TokenizerConfig(**TOK_CFG)).eval()
+
+
+def small_cfg(tok, **kw) -> NVSConfig:
+    base = dict(depth=2, width=32, num_heads=2, vocab_size=64, latent_dim=8, patch_nums=(1, 2, 4), resolution=32,
+                embed_dim=16, cnn_width=8, cnn_resolution=16, tokenizer_hash=tokenizer_fingerprint(tok))
+    base.update(kw)
+    return NVSConfig(**base)
+
+
+def randomize(model: NVSTransformer, seed=0) -> NVSTransformer:
+    """VAR's init makes gates ~0 and the head tiny: give every weight real values so tests can fail."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() < 2 else 1.0 / math.sqrt(p.shape[-1])))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pipe(tok):
+    torch.manual_seed(0)
+    return NVSPipeline(randomize(NVSTransformer(small_cfg(tok))), tok)
+
+
+def blob(color=(200, 40, 40), size=48) -> Image.Image:
+    img = Image.new("RGB", (size, size), "white")
+    a = np.asarray(img).copy()
+    a[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = color
+    return Image.fromarray(a)
+
+
+SRC = cameras.pose_from_spherical(0, 20, 2.0)
+TGTS = [cameras.pose_from_spherical(az, 20, 2.0) for az in (40, 90, 180)]
+
+
+def arr(img):
+    return np.asarray(img, dtype=np.int16)
+
+
+# ----------------------------------------------------------------------------- model
+def test_block_causal_mask_and_bidirectional_prefix(tok):
+    m = randomize(NVSTransformer(small_cfg(tok)))
+    B, L = 1, m.config.num_tokens
+    emb, rel = torch.randn(B, 16), torch.randn(B, 4)
+    codes, x_tf = torch.randn(B, L, 8), torch.randn(B, L - 1, 8)
+    base = m(emb, rel, codes, x_tf)
+    # a change in the last target scale's inputs leaves the earlier scales' logits unchanged
+    x2 = x_tf.clone()
+    x2[:, -16:] += 1.0
+    out = m(emb, rel, codes, x2)
+    bg = m.begin_ends[-1][0]
+    assert torch.allclose(out[:, :bg], base[:, :bg], atol=1e-5)
+    assert not torch.allclose(out[:, bg:], base[:, bg:], atol=1e-3)
+    # the prefix is bidirectional: its last token changes the first token's keys
+    cp = m.source_condition(emb)
+    kv1 = m.encode_prefix(m.embed_prefix(codes), cp)
+    c2 = codes.clone()
+    c2[:, -1] += 1.0
+    kv2 = m.encode_prefix(m.embed_prefix(c2), cp)
+    assert not torch.allclose(kv1[-1][0][:, :, 0], kv2[-1][0][:, :, 0], atol=1e-4)
+
+
+def test_dropped_samples_ignore_condition_and_prefix(tok):
+    m = randomize(NVSTransformer(small_cfg(tok)))
+    L = m.config.num_tokens
+    x_tf = torch.randn(2, L - 1, 8)
+    a = m(torch.randn(2, 16), torch.randn(2, 4), torch.randn(2, L, 8), x_tf, drop=torch.tensor([True, False]))
+    b = m(torch.randn(2, 16), torch.randn(2, 4), torch.randn(2, L, 8), x_tf, drop=torch.tensor([True, False]))
+    assert torch.allclose(a[0], b[0], atol=1e-5)      # unconditional: embedding, pose and prefix all nulled
+    assert not torch.allclose(a[1], b[1], atol=1e-3)
+    m.train()  # per-sample dropout in training: some samples nulled at rate ~cond_drop_rate
+    m.config.cond_drop_rate = 0.5
+    torch.manual_seed(0)
+    emb, rel, codes = torch.randn(64, 16), torch.randn(64, 4), torch.randn(64, L, 8)
+    out = m(emb, rel, codes, torch.zeros(64, L - 1, 8))
+    ref = m(emb, rel, codes, torch.zeros(64, L - 1, 8), drop=torch.ones(64, dtype=torch.bool))
+    nulled = torch.isclose(out, ref, atol=1e-5).flatten(1).all(1).float().mean().item()
+    assert 0.2 < nulled < 0.8
+
+
+def test_teacher_forcing_matches_cached_sampling(pipe):
+    """Greedy sampling with the KV cache picks argmax of the teacher-forced logits at every scale."""
+    m, tok = pipe.model, pipe.tok
+    h = pipe.encode_source(blob(), SRC)
+    from core.nvs.sampling import next_scale_sample
+    _, cond, _, kv = pipe._prepare(h, None, TGTS[:1], cfg=0)
+    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0)]
+    rel = torch.from_numpy(cameras.relative_pose(SRC, TGTS[0]))[None]
+    with torch.no_grad():
+        logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx))
+    assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
+
+
+def test_kv_cache_equals_full_recompute_and_prefix_reuse(pipe):
+    h = pipe.encode_source(blob(), SRC)
+    a = pipe.generate(h, None, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9)
+    b = pipe.generate(h, None, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9, use_cache=False)
+    c = pipe.generate(blob(), SRC, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9, reuse_prefix=False)
+    for x, y, z in zip(a, b, c):
+        assert np.abs(arr(x) - arr(y)).max() <= 1 and np.abs(arr(x) - arr(z)).max() <= 1
+
+
+def test_seeded_reproducible_and_batch_invariant(pipe):
+    h = pipe.encode_source(blob(), SRC)
+    a = pipe.generate(h, None, TGTS, seed=7)
+    b = pipe.generate(h, None, TGTS, seed=7)
+    assert all(np.array_equal(arr(x), arr(y)) for x, y in zip(a, b))
+    c = pipe.generate(h, None, TGTS, seed=8)
+    assert any(not np.array_equal(arr(x), arr(y)) for x, y in zip(a, c))
+    single = pipe.generate(h, None, [TGTS[1]], seed=7)[0]
+    assert np.abs(arr(single) - arr(a[1])).mean() < 1.0  # each target draws from its own seeded generator
+
+
+def test_stream_previews_and_final_equals_generate(pipe):
+    h = pipe.encode_source(blob(), SRC)
+    frames = list(pipe.stream(h, None, TGTS[0], seed=5, cfg=1.5))
+    S = pipe.num_scales
+    assert [f.scale for f in frames] == list(range(1, S + 1)) and all(isinstance(f, Frame) for f in frames)
+    assert [f.is_final for f in frames] == [False] * (S - 1) + [True]
+    assert all(f.num_scales == S and f.image.size == (32, 32) for f in frames)
+    assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(frames, frames[1:]))
+    final = pipe.generate(h, None, [TGTS[0]], seed=5, cfg=1.5)[0]
+    assert np.array_equal(arr(frames[-1].image), arr(final))
+    # a PIL source streams the same as its handle
+    assert np.array_equal(arr(list(pipe.stream(blob(), SRC, TGTS[0], seed=5, cfg=1.5))[-1].image), arr(final))
+    # only some scales decoded; the last always is
+    sub = list(pipe.stream(h, None, TGTS[0], seed=5, cfg=1.5, preview_scales=[1]))
+    assert [f.scale for f in sub] == [1, S] and np.array_equal(arr(sub[-1].image), arr(final))
+    # cancel stops early
+    n = []
+    out = list(pipe.stream(h, None, TGTS[0], seed=5, cancel=lambda: len(n) >= 1 or n.append(1)))
+    assert len(out) < S
+
+
+def test_cfg_changes_output_and_filters(pipe):
+    h = pipe.encode_source(blob(), SRC)
+    a = pipe.generate(h, None, TGTS[:1], seed=1, cfg=0.0, temperature=0.0)[0]
+    b = pipe.generate(h, None, TGTS[:1], seed=1, cfg=4.0, temperature=0.0)[0]
+    assert not np.array_equal(arr(a), arr(b))
+    logits = torch.tensor([[[3.0, 2.0, 1.0, 0.0]]])
+    assert torch.isinf(filter_logits(logits, top_k=2)).sum() == 2
+    kept = filter_logits(torch.tensor([[[10.0, 0.0, 0.0, 0.0]]]), top_p=0.5)
+    assert torch.isfinite(kept).sum() == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_cameras_embeddings_and_pairs(pipe, tok):
+    bad = SRC.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(cameras.CameraError, match="target_w2c"):
+        pipe.generate(blob(), SRC, [bad])
+    with pytest.raises(cameras.CameraError, match="source_w2c"):
+        pipe.encode_source(blob(), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="embedding"):
+        pipe.encode_source(blob(), SRC, embedding=np.zeros(5, np.float32))
+    other = MultiScaleVQVAE(TokenizerConfig(**{**TOK_CFG, "vocab_size": 32}))
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        NVSPipeline(pipe.model, other)
+    torch.manual_seed(1)
+    retrained = MultiScaleVQVAE(TokenizerConfig(**TOK_CFG))
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        NVSPipeline(pipe.model, retrained)
+
+
+def test_checkpoint_roundtrip(tmp_path, pipe, tok):
+    pipe.model.save_pretrained(tmp_path / "nvs")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    p2 = NVSPipeline.from_pretrained(tmp_path / "nvs")  # finds the sibling tokenizer folder
+    a = pipe.generate(blob(), SRC, TGTS[:1], seed=2)[0]
+    b = p2.generate(blob(), SRC, TGTS[:1], seed=2)[0]
+    assert np.array_equal(arr(a), arr(b))
+    cfg = json.loads((tmp_path / "nvs" / "config.json").read_text())
+    cfg["width"] = 64
+    (tmp_path / "nvs" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError):
+        NVSTransformer.from_pretrained(tmp_path / "nvs")
+
+
+# ----------------------------------------------------------------------------- CLIs
+def make_dataset(root, n_train=3, n_val=2, views=4):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for o in range(n):
+            obj = root / split / f"obj{o}"
+            color = tuple(int(c) for c in rng.integers(0, 200, 3))
+            for v in range(views):
+                write_view(obj, v, blob(color, 32).rotate(30 * v, fillcolor="white"),
+                           cameras.pose_from_spherical(90 * v, 20, 2.0))
+            write_meta(obj, {"fov_deg": 40.0})
+
+
+def test_train_resume_and_eval_cli(tmp_path, tok):
+    from core.eval.nvs import main as eval_main
+    from core.train.nvs import main as train_main
+    make_dataset(tmp_path / "data")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    args = ["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer"), "--out",
+            str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--batch", "2", "--depth", "1", "--width", "32",
+            "--heads", "2", "--val-every", "2", "--psnr-every", "2", "--psnr-objects", "1", "--psnr-views", "1",
+            "--ckpt-every", "2", "--log-every", "1", "--embed-dim", "16"]
+    assert train_main(args + ["--steps", "2"]) == 0
+    state = json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())
+    assert state["step"] == 2 and (tmp_path / "run" / "ckpt-latest" / "optimizer.safetensors").is_file()
+    assert train_main(args + ["--steps", "3", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())["step"] == 3
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_psnr" in r for r in log) and any("acc" in r for r in log)
+    out = tmp_path / "eval.json"
+    assert eval_main(["--data", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "run"), "--tokenizer",
+                      str(tmp_path / "tokenizer"), "--out", str(out), "--max-objects", "1"]) == 0
+    res = json.loads(out.read_text())
+    for k in ("psnr", "ssim", "baseline_copy_psnr", "baseline_copy_ssim", "seconds_per_view", "n_objects", "n_views",
+              "per_object", "zero_pose_psnr"):
+        assert k in res
+    assert res["n_objects"] == 1 and res["n_views"] == 3
+
+
+# ----------------------------------------------------------------------------- importer / open_clip
+def archonview_state_dict(depth=2, V=4096, Cvae=32, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), E=768):
+    """Random tensors under the published ArchonView names/shapes (width 64 x depth, heads = depth)."""
+    C, g = 64 * depth, torch.Generator().manual_seed(0)
+    L, S = sum(p * p for p in patch_nums), len(patch_nums)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.02  # noqa: E731
+    sd = {"pos_start": r(1, 1, C), "pos_1LC": r(1, L, C), "xpos_1LC": r(1, L, C), "lvl_embed.weight": r(S, C),
+          "xlvl_embed.weight": r(S, C), "emb_linear.weight": r(C, E), "emb_linear.bias": r(C),
+          "pose_embed.weight": r(E, E + 4), "pose_embed.bias": r(E), "word_embed.weight": r(C, Cvae),
+          "word_embed.bias": r(C), "null_token": r(C), "head.weight": r(V, C), "head.bias": r(V),
+          "lvl_1L": torch.zeros(1, L, dtype=torch.long), "attn_bias_for_masking": torch.zeros(1, 1, 2 * L, L)}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({p + "attn.scale_mul_1H11": r(1, depth, 1, 1), p + "attn.q_bias": r(C), p + "attn.v_bias": r(C),
+                   p + "attn.zero_k_bias": torch.zeros(C), p + "attn.mat_qkv.weight": r(3 * C, C),
+                   p + "attn.proj.weight": r(C, C), p + "attn.proj.bias": r(C), p + "ffn.fc1.weight": r(4 * C, C),
+                   p + "ffn.fc1.bias": r(4 * C), p + "ffn.fc2.weight": r(C, 4 * C), p + "ffn.fc2.bias": r(C),
+                   p + "ada_lin.1.weight": r(6 * C, C), p + "ada_lin.1.bias": r(6 * C)})
+    return sd
+
+
+def test_import_archonview(tmp_path):
+    from safetensors.torch import save_file
+    from core.nvs.importer import import_archonview
+    sd = archonview_state_dict(depth=2)
+    torch.save({"trainer": {"var_wo_ddp": sd}, "epoch": 3}, tmp_path / "ar.pth")
+    tcfg = TokenizerConfig(resolution=128, ch=16, ch_mult=(1, 1, 2, 2, 2), norm_groups=8, vocab_size=4096,
+                           latent_dim=32, patch_nums=(1, 2, 3, 4, 5, 6, 8),
+                           num_res_blocks=1)
+    vae = MultiScaleVQVAE(tcfg)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp_path / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="pos_1LC"):  # 680 tokens do not fit these patch_nums
+        import_archonview(tmp_path / "ar.pth", tmp_path / "vae.safetensors", tmp_path / "bad", tokenizer_config=tcfg)
+    sd2 = archonview_state_dict(depth=2, patch_nums=tcfg.patch_nums)
+    torch.save({"trainer": {"var_wo_ddp": sd2}}, tmp_path / "ar2.pth")
+    with pytest.warns(UserWarning, match="unconditional"):
+        out = import_archonview(tmp_path / "ar2.pth", tmp_path / "vae.safetensors", tmp_path / "imp",
+                                tokenizer_config=tcfg)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["depth"], cfg["width"], cfg["num_heads"], cfg["vocab_size"], cfg["embed_dim"]) == (2, 128, 2, 4096, 768)
+    assert cfg["prefix_cond"] == "full" and cfg["embedder"] == "open_clip"
+    m = NVSTransformer.from_pretrained(out)
+    assert torch.equal(m.blocks[1].attn.mat_qkv.weight, sd2["blocks.1.attn.mat_qkv.weight"])
+    tok = MultiScaleVQVAE.from_pretrained(out / "tokenizer")
+    p = NVSPipeline(m, tok, embedder=lambda x: torch.nn.functional.normalize(torch.randn(x.shape[0], 768), dim=-1))
+    img = p.generate(blob(), SRC, TGTS[:1], seed=0)[0]
+    assert img.size == (128, 128)
+    with pytest.raises(ValueError, match="open_clip"):
+        NVSPipeline(m, tok)
+
+
+def test_open_clip_embedder_local_weights(tmp_path):
+    from core.compat import ensure_torchvision
+    ensure_torchvision()
+    import open_clip
+    from safetensors.torch import save_file
+    from core.nvs.embedders import OpenCLIPEmbedder
+    open_clip.add_model_config  # noqa: B018  (the documented way to register a custom config)
+    name = "vantage-tiny-vit"
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfg")
+    model = open_clip.create_model(name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    emb = OpenCLIPEmbedder(name, tmp_path / "w.safetensors")
+    x = torch.rand(2, 3, 48, 48) * 2 - 1
+    e = emb(x)
+    assert e.shape == (2, 32) and torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert emb.null_text_embedding().shape == (32,)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        OpenCLIPEmbedder(name, tmp_path / "missing.safetensors")
