@@ -73,7 +73,11 @@ class FakeScene:
         self.colour = colour
 
     def render(self, w2c, size=128, fov_deg=None):
-        return Image.new("RGB", (size, size), tuple(int(c) for c in self.colour))
+        img = Image.new("RGB", (size, size), tuple(int(c) for c in self.colour))
+        az = cameras.spherical_from_pose(np.asarray(w2c))[0] % 360.0
+        x = int(az / 360.0 * (size - 8))
+        img.paste((0, 0, 0), (x, size // 2 - 4, x + 8, size // 2 + 4))   # a marker that moves with the camera
+        return img
 
     def render_orbit(self, n=24, elevation_deg=20, radius=2.0, size=128):
         return [self.render(w, size) for w in cameras.orbit(n, elevation_deg, radius)]
@@ -91,3 +95,30 @@ class FakeRecon:
     def reconstruct(self, images, cameras_, fov_deg=None):
         mean = np.asarray(images[0].convert("RGB"), np.float32).reshape(-1, 3).mean(0)
         return FakeScene(mean.astype(np.uint8))
+
+
+def viewer_backend(sessions=None, delay_s: float = 0.0):
+    """The fake-pipeline Backend used by the live-server tests (fast, known mesh orientation)."""
+    from viewer.backend import Backend
+    return Backend(FakeNVS(delay_s=delay_s), FakeRecon(), sessions=sessions)
+
+
+def tiny_real_pipelines():
+    """The real NVS and reconstruction pipelines, untrained, at the smallest shapes that build.
+
+    Checks the viewer against the real classes' behaviour (frames, errors), not quality."""
+    import torch
+    from core.nvs import NVSConfig, NVSPipeline, NVSTransformer
+    from core.recon import ReconConfig, ReconModel, ReconPipeline
+    from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
+    torch.manual_seed(0)
+    pn = (1, 2, 3, 4)
+    tok = MultiScaleVQVAE(TokenizerConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), patch_nums=pn, vocab_size=64,
+                                          latent_dim=8))
+    nvs = NVSPipeline(NVSTransformer(NVSConfig(depth=1, width=64, num_heads=2, vocab_size=64, latent_dim=8,
+                                               patch_nums=pn, resolution=16, embed_dim=32, cnn_width=16,
+                                               cnn_resolution=16)), tok)
+    recon = ReconPipeline(ReconModel(ReconConfig(image_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2,
+                                                 cam_dim=16, tri_tokens=4, tri_dim=32, tri_depth=1, tri_heads=2,
+                                                 upsample_channels=(16,), mlp_hidden=16, n_samples=16)))
+    return nvs, recon

@@ -201,7 +201,7 @@ class Backend:
         for name, pipe in (("nvs", nvs), ("recon", recon)):
             if pipe is None and name not in self.problems:
                 self.problems[name] = "not loaded"
-        self.sessions = sessions or SessionStore()
+        self.sessions = sessions if sessions is not None else SessionStore()
         self.compute = threading.Lock()   # one model call at a time (see module doc)
 
     @classmethod
@@ -315,9 +315,13 @@ class Backend:
         with self.compute:
             if stop():
                 return
-            src = self._source(session)
-            for frame in pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
-                                     top_p=top_p, cancel=stop):
+            try:
+                src = self._source(session)
+                frames = pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
+                                     top_p=top_p, cancel=stop)
+            except ValueError as e:
+                raise UserError(f"Cannot generate this view: {e}") from None
+            for frame in frames:
                 if frame.is_final and session.version == version:
                     session.generated = [g for g in session.generated
                                          if not np.allclose(g[0], target, atol=1e-4)] + [(target, frame.image)]
@@ -359,12 +363,15 @@ class Backend:
                 cams.append(w2c)
         say(0.05, f"reconstructing from {len(images)} view(s)")
         with self.compute:
-            scene = pipe.reconstruct(images, cams)
-            say(0.35, "extracting the mesh")
-            mesh = scene.extract_mesh(resolution=int(mesh_resolution))
-            say(0.6, "rendering the orbit")
-            frames = scene.render_orbit(n=int(orbit_frames), elevation_deg=session.elevation,
-                                        radius=session.radius, size=192)
+            try:
+                scene = pipe.reconstruct(images, cams)
+                say(0.35, "extracting the mesh")
+                mesh = scene.extract_mesh(resolution=int(mesh_resolution))
+                say(0.6, "rendering the orbit")
+                frames = scene.render_orbit(n=int(orbit_frames), elevation_deg=session.elevation,
+                                            radius=session.radius, size=192)
+            except ValueError as e:  # core's input/mesh errors are messages for the user
+                raise UserError(f"Reconstruction failed: {e}") from None
         session.mesh = mesh
         say(0.85, "writing files")
         out = {"glb": session.write_atomic("object.glb", lambda p: export_glb(mesh, p)),

@@ -1,0 +1,219 @@
+"""The Gradio app: handlers called directly, then one in-process launch driven by gradio_client."""
+import io
+import re
+import struct
+import zlib
+
+import gradio as gr
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image, ImageDraw
+
+from viewer.backend import Backend, SessionStore, UserError
+from viewer.ui import Handlers, build_demo
+from viewer_fakes import FakeNVS, FakeRecon, viewer_backend
+
+LABEL = re.compile(r"scale (\d+)/(\d+)")
+
+
+def object_png(path, size=(160, 120)):
+    im = Image.new("RGB", size, (70, 90, 110))
+    ImageDraw.Draw(im).ellipse((50, 20, 110, 100), fill=(230, 200, 40))
+    im.save(path)
+    return path
+
+
+def bomb_png(path, w=20000, h=20000):
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    raw = buf.getvalue()
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(raw[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + raw[33:])
+    return path
+
+
+def bad_inputs(tmp):
+    (tmp / "notes.png").write_text("this is a text file, not a picture")
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, "PNG")
+    (tmp / "truncated.png").write_bytes(good.getvalue()[:400])
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp / "empty_alpha.png")
+    return {"notes.png": "not an image", "truncated.png": "damaged|truncated|unreadable",
+            "huge.png": "too large", "empty_alpha.png": "transparent"}
+
+
+# ----------------------------------------------------------------------------- handlers
+
+@pytest.fixture
+def handlers(tmp_path):
+    b = Backend(FakeNVS(), FakeRecon(), sessions=SessionStore(tmp_path / "sessions"))
+    return Handlers(b, extra_read_roots=[tmp_path])
+
+
+def test_handlers_end_to_end(handlers, tmp_path):
+    token, iframe, code = handlers.new_session()
+    assert f"/viser/s/{token}/" in iframe and token in code
+    img, text = handlers.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.8, 25)
+    assert img.size == (256, 256) and "background removed" in text
+    frames = list(handlers.generate(token, 90, 20, 2.0, 0, 3.0, 900, 0.95))
+    scales = [int(LABEL.search(lbl).group(1)) for _, lbl in frames]
+    assert len(frames) >= 3 and scales == sorted(scales) and "final" in frames[-1][1]
+    strip = handlers.views_around(token, 4, 0, 3.0, 900, 0.95)
+    assert len(strip) == 4 and all(isinstance(im, Image.Image) for im, _ in strip)
+    glb, orbit, files, status = handlers.lift(token, True, progress=None)
+    session = handlers.backend.sessions.get(token)
+    assert all(str(session.folder) in f for f in files + [glb, orbit]) and "Mesh ready" in status
+    assert len(trimesh.load(glb, force="mesh").vertices) > 0 and Image.open(orbit).n_frames > 1
+    handlers.backend.sessions.close(token)
+    assert not session.folder.exists()
+
+
+def test_handlers_refuse_paths_outside_upload_folders(handlers):
+    token = handlers.new_session()[0]
+    with pytest.raises(gr.Error, match="outside"):
+        handlers.process(token, {"path": "/etc/passwd"}, True, 0.85, 20)
+
+
+@pytest.mark.parametrize("name", ["notes.png", "truncated.png", "huge.png", "empty_alpha.png"])
+def test_handlers_bad_input_is_a_clear_error(handlers, tmp_path, name):
+    expected = bad_inputs(tmp_path)[name]
+    bomb_png(tmp_path / "huge.png")
+    token = handlers.new_session()[0]
+    with pytest.raises(gr.Error, match=expected):
+        handlers.process(token, {"path": str(tmp_path / name)}, True, 0.85, 20)
+
+
+def test_missing_models_disable_only_their_features(tmp_path):
+    b = Backend.load(tmp_path / "no-such-folder", sessions=SessionStore(tmp_path / "s"))
+    assert not b.nvs_ready and not b.recon_ready
+    text = b.status_markdown()
+    assert "does not exist" in text and "python -m core.train nvs" in text and "checkpoints/recon" in text
+    (tmp_path / "ck" / "nvs").mkdir(parents=True)
+    (tmp_path / "ck" / "nvs" / "model.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "ck" / "tokenizer").mkdir()
+    (tmp_path / "ck" / "tokenizer" / "model.safetensors").write_bytes(b"junk")
+    b2 = Backend.load(tmp_path / "ck", sessions=SessionStore(tmp_path / "s2"))
+    assert not b2.nvs_ready and "nvs" in b2.problems and "recon" in b2.problems
+    h = Handlers(b2, extra_read_roots=[tmp_path])
+    token = h.new_session()[0]
+    img, _ = h.process(token, {"path": str(object_png(tmp_path / "o.png"))}, True, 0.85, 20)
+    assert img is not None                      # input still works without models
+    with pytest.raises(gr.Error, match="unavailable"):
+        list(h.generate(token, 30, 20, 2.0, 0, 3, 900, 0.95))
+    with pytest.raises(gr.Error, match="unavailable"):
+        h.lift(token, False, progress=None)
+    demo = build_demo(b2)
+    buttons = [blk for blk in demo.blocks.values() if isinstance(blk, gr.Button)]
+    assert buttons and all(not btn.interactive for btn in buttons)
+
+
+def test_session_files_are_atomic_and_named_by_us(tmp_path):
+    store = SessionStore(tmp_path / "root")
+    s = store.new()
+    p = s.write_atomic("object.glb", lambda path: path.write_bytes(b"x"))
+    assert p.parent == s.folder and p.read_bytes() == b"x"
+    assert [q.name for q in s.folder.iterdir()] == ["object.glb"]     # no temp file left behind
+    for bad in ("../evil.glb", "/etc/passwd", "a/b.glb", "x.sh"):
+        with pytest.raises(ValueError):
+            s.path(bad)
+
+    def boom(path):
+        path.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        s.write_atomic("object.ply", boom)
+    assert sorted(q.name for q in s.folder.iterdir()) == ["object.glb"]
+    store.ttl_s = 0.0
+    store.sweep()
+    assert not s.folder.exists() and len(store) == 0
+
+
+def test_parameters_validated(handlers, tmp_path):
+    token = handlers.new_session()[0]
+    handlers.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
+    with pytest.raises(gr.Error, match="azimuth must be finite"):
+        list(handlers.generate(token, float("nan"), 20, 2.0, 0, 3, 900, 0.95))
+    frames = list(handlers.generate(token, 30, 20, 99.0, 0, 3, 900, 7.0))   # out of range: clamped
+    assert frames
+    with pytest.raises(UserError):
+        handlers.backend.set_elevation(handlers.backend.sessions.get(token), float("inf"))
+
+
+# ----------------------------------------------------------------------------- live server
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    import app
+    from core.bench.app import free_port
+    tmp = tmp_path_factory.mktemp("live")
+    backend = viewer_backend(SessionStore(tmp / "sessions"))
+    run = app.launch(port=free_port(), backend=backend, quiet=True)
+    yield run, tmp
+    run.close()
+
+
+def test_live_stream_glb_and_bad_inputs(live):
+    from gradio_client import Client, handle_file
+    run, tmp = live
+    client = Client(run.url, verbose=False)
+    html, _ = client.predict(api_name="/new_session")
+    assert "/viser/s/" in html
+
+    # bad inputs: a clear message each, and the server keeps serving
+    expected = bad_inputs(tmp)
+    bomb_png(tmp / "huge.png")
+    for name, words in expected.items():
+        with pytest.raises(Exception, match=words):
+            client.predict(handle_file(str(tmp / name)), True, 0.85, 20, api_name="/process")
+
+    processed, text = client.predict(handle_file(str(object_png(tmp / "obj.png"))), True, 0.85, 20,
+                                     api_name="/process")
+    assert Image.open(processed).size == (256, 256) and "Processed" in text
+
+    job = client.submit(60, 20, 2.0, 0, 3.0, 900, 0.95, api_name="/generate")
+    outs = list(job)
+    labels = [lbl for _, lbl in job.outputs()]
+    scales = [int(LABEL.search(lbl).group(1)) for lbl in labels]
+    assert len(outs) >= 3 and len(set(scales)) >= 3 and scales == sorted(scales) and "final" in labels[-1]
+    sizes = {Image.open(p).size for p, _ in job.outputs()}
+    assert len(sizes) == 1
+
+    glb, orbit, files, status = client.predict(True, api_name="/lift")
+    assert {p.rsplit(".", 1)[1] for p in files} == {"glb", "ply", "obj"}
+    mesh = trimesh.load(glb, force="mesh")
+    colours = np.asarray(mesh.visual.vertex_colors)
+    assert len(mesh.vertices) > 0 and colours.shape[1] == 4 and len(np.unique(colours[:, :3], axis=0)) > 1
+    if isinstance(run.backend.recon, FakeRecon):
+        # DESIGN.md: world (x, y, z) -> glTF (y, z, x); the fake box is 0.5 x 0.4 x 1.0 (tall along world +Z)
+        # with its +X face red, so in glTF it is tall along +Y and red towards +Z.
+        assert np.allclose(mesh.extents, (0.4, 1.0, 0.5), atol=1e-5)
+        red = (colours[:, 0] == 255) & (colours[:, 1] == 0)
+        assert red.any() and (mesh.vertices[red, 2] > 0.2).all()
+
+
+def test_live_upload_size_limit(live):
+    import httpx
+    run, _ = live
+    big = b"\0" * (21 * 1024 * 1024)
+    r = httpx.post(run.url + "gradio_api/upload", files={"files": ("big.png", big, "image/png")}, timeout=60)
+    assert r.status_code in (400, 413) and "size" in r.text.lower()
+
+
+def test_handlers_with_real_untrained_pipelines(tmp_path):
+    """The adapter against the real NVS/recon classes (tiny, untrained): frames stream coarse to
+    fine; the untrained field may have no surface, which must be a clear message, not a crash."""
+    from viewer_fakes import tiny_real_pipelines
+    nvs, recon = tiny_real_pipelines()
+    h = Handlers(Backend(nvs, recon, sessions=SessionStore(tmp_path / "s")), extra_read_roots=[tmp_path])
+    token = h.new_session()[0]
+    h.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
+    frames = list(h.generate(token, 45, 20, 2.0, 0, 3.0, 50, 0.95))
+    scales = [int(LABEL.search(lbl).group(1)) for _, lbl in frames]
+    assert scales == list(range(1, nvs.num_scales + 1)) and frames[-1][0].size == (nvs.resolution,) * 2
+    try:
+        glb, orbit, files, status = h.lift(token, False, progress=None)
+    except gr.Error as e:
+        assert "surface" in str(e)
+    else:
+        assert trimesh.load(glb, force="mesh").vertices.shape[1] == 3
