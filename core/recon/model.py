@@ -1,0 +1,237 @@
+"""LRM-style reconstruction model: views + cameras -> triplane -> NeRF field.
+
+Layout (OpenLRM/TripoSR, shrunk for a 2-core CPU):
+  * a ViT trained from scratch encodes each input view; its patch embedding also sees the
+    view's Plücker rays, and every block is AdaLN-modulated by that view's camera
+    (12 extrinsic + 4 intrinsic numbers -> MLP), so tokens of several views can be
+    concatenated and still know where they were seen from;
+  * learned triplane tokens (3 x G x G) run through a transformer with self-attention and
+    cross-attention to all image tokens;
+  * transposed convolutions upsample the tokens to three feature planes;
+  * a small MLP turns the concatenated plane features of a 3-D point into density and colour.
+
+Everything is expressed in a *canonical* frame: the world rotated about +Z so that the
+first input camera sits at azimuth 0. Cameras with no roll looking at the origin are
+equivariant under that rotation, so the network never has to learn it; the scene keeps
+the rotation and maps queries back (see ``canonical_rotation``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import cameras
+
+
+@dataclass
+class ReconConfig:
+    image_size: int = 64            # input views are resized to this (also the training render size)
+    patch_size: int = 8
+    enc_dim: int = 128
+    enc_depth: int = 4
+    enc_heads: int = 4
+    cam_dim: int = 64               # camera embedding fed to AdaLN
+    plucker: bool = True            # add per-pixel Plücker rays to the patch embedding
+    tri_tokens: int = 8             # triplane token grid G (3*G*G tokens)
+    tri_dim: int = 128
+    tri_depth: int = 4
+    tri_heads: int = 4
+    upsample_channels: tuple = (64, 32)   # each entry doubles the plane resolution
+    mlp_hidden: int = 64
+    mlp_layers: int = 2
+    box_radius: float = 0.6         # the field lives in [-r, r]^3 (objects fill [-0.5, 0.5])
+    density_bias: float = -1.0
+    n_samples: int = 64             # dense samples per ray inside the box at inference
+    mc_level: float = 10.0          # density iso-level for marching cubes
+    default_elevation_deg: float = 20.0   # single-photo input camera: azimuth 0, this elevation
+    default_radius: float = 2.0
+    max_views: int = 8
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        self.upsample_channels = tuple(self.upsample_channels)
+
+    @property
+    def plane_res(self) -> int:
+        return self.tri_tokens * 2 ** len(self.upsample_channels)
+
+    @property
+    def plane_channels(self) -> int:
+        return self.upsample_channels[-1] if self.upsample_channels else self.tri_dim
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["upsample_channels"] = list(self.upsample_channels)
+        return d
+
+
+# ----------------------------------------------------------------------------- cameras
+
+def canonical_rotation(w2c: np.ndarray) -> np.ndarray:
+    """3x3 rotation about +Z taking world points to the canonical frame (first camera at azimuth 0)."""
+    az, _, _ = cameras.spherical_from_pose(w2c)
+    a = -math.radians(az)
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+
+
+def to_canonical(w2c: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """World-to-camera of the same camera in the canonical frame (p_c = rot @ p_w)."""
+    w2c = np.asarray(w2c, dtype=np.float32)
+    return np.concatenate([w2c[:3, :3] @ rot.T, w2c[:3, 3:4]], axis=1).astype(np.float32)
+
+
+def camera_features(w2c: np.ndarray, fov_deg: float) -> np.ndarray:
+    """OpenLRM's 16 numbers: flattened 3x4 camera-to-world and normalised intrinsics."""
+    w2c = np.asarray(w2c, dtype=np.float64)
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    c2w = np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
+    f = 0.5 / math.tan(math.radians(fov_deg) / 2)  # focal length in units of image size
+    return np.concatenate([c2w.reshape(-1), [f, f, 0.5, 0.5]]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, kv_dim=None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx=None):
+        B, N, D = x.shape
+        ctx = x if ctx is None else ctx
+        q = self.q(x).view(B, N, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+def _mlp(dim, ratio=4):
+    return nn.Sequential(nn.Linear(dim, dim * ratio), nn.GELU(), nn.Linear(dim * ratio, dim))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN ViT block whose LayerNorms are modulated by the view's camera (AdaLN)."""
+
+    def __init__(self, dim, heads, cam_dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = _mlp(dim)
+        self.ada = nn.Linear(cam_dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, cam):
+        s1, c1, g1, s2, c2, g2 = self.ada(cam).unsqueeze(1).chunk(6, dim=-1)
+        x = x + (1 + g1) * self.attn(_modulate(self.norm1(x), s1, c1))
+        return x + (1 + g2) * self.mlp(_modulate(self.norm2(x), s2, c2))
+
+
+class TriplaneBlock(nn.Module):
+    def __init__(self, dim, heads, ctx_dim):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.cross_attn = Attention(dim, heads, kv_dim=ctx_dim)
+        self.mlp = _mlp(dim)
+
+    def forward(self, x, ctx):
+        x = x + self.self_attn(self.norm1(x))
+        x = x + self.cross_attn(self.norm2(x), ctx)
+        return x + self.mlp(self.norm3(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+class ReconModel(nn.Module):
+    def __init__(self, config: ReconConfig | None = None):
+        super().__init__()
+        self.config = c = config or ReconConfig()
+        in_ch = 3 + (6 if c.plucker else 0)
+        n_patches = (c.image_size // c.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_ch, c.enc_dim, c.patch_size, c.patch_size)
+        self.enc_pos = nn.Parameter(torch.randn(1, n_patches, c.enc_dim) * 0.02)
+        self.cam_mlp = nn.Sequential(nn.Linear(16, c.cam_dim), nn.SiLU(), nn.Linear(c.cam_dim, c.cam_dim))
+        self.encoder = nn.ModuleList(EncoderBlock(c.enc_dim, c.enc_heads, c.cam_dim) for _ in range(c.enc_depth))
+        self.enc_norm = nn.LayerNorm(c.enc_dim)
+        self.tri_tokens = nn.Parameter(torch.randn(1, 3 * c.tri_tokens ** 2, c.tri_dim) * 0.02)
+        self.decoder = nn.ModuleList(TriplaneBlock(c.tri_dim, c.tri_heads, c.enc_dim) for _ in range(c.tri_depth))
+        self.tri_norm = nn.LayerNorm(c.tri_dim)
+        ups, ch = [], c.tri_dim
+        for i, out in enumerate(c.upsample_channels):
+            ups += [nn.ConvTranspose2d(ch, out, 2, 2)] + ([nn.GELU()] if i < len(c.upsample_channels) - 1 else [])
+            ch = out
+        self.upsample = nn.Sequential(*ups)
+        layers, d = [], c.plane_channels
+        for _ in range(c.mlp_layers):
+            layers += [nn.Linear(d, c.mlp_hidden), nn.SiLU()]
+            d = c.mlp_hidden
+        self.field_mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(d, 4)  # density, rgb
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor, cams: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
+        """images [B,V,3,S,S] in [-1,1], cams [B,V,16], rays [B,V,6,S,S] -> tokens [B, V*P, D]."""
+        B, V = images.shape[:2]
+        x = images.flatten(0, 1)
+        if self.config.plucker:
+            x = torch.cat([x, rays.flatten(0, 1)], dim=1)
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_pos
+        cam = self.cam_mlp(cams.flatten(0, 1))
+        for blk in self.encoder:
+            x = blk(x, cam)
+        return self.enc_norm(x).reshape(B, V * x.shape[1], -1)
+
+    def forward(self, images, cams, rays=None) -> torch.Tensor:
+        """-> triplanes [B, 3, C, R, R] (planes xy, xz, yz of the canonical frame)."""
+        ctx = self.encode(images, cams, rays)
+        c = self.config
+        x = self.tri_tokens.expand(ctx.shape[0], -1, -1)
+        for blk in self.decoder:
+            x = blk(x, ctx)
+        x = self.tri_norm(x)
+        B, G = x.shape[0], c.tri_tokens
+        x = x.view(B, 3, G, G, -1).permute(0, 1, 4, 2, 3).reshape(B * 3, -1, G, G)
+        planes = self.upsample(x)
+        return planes.view(B, 3, *planes.shape[1:])
+
+    # -- field ------------------------------------------------------------------------
+
+    def plane_features(self, planes: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+        """planes [B,3,C,R,R], pts [B,N,3] (canonical) -> features [B,N,C], summed over the planes (EG3D)."""
+        B, _, C, R, _ = planes.shape
+        p = (pts / self.config.box_radius).to(planes.dtype)
+        # grid_sample's grid is (x -> width, y -> height): plane xy is indexed [row=y, col=x]
+        uv = torch.stack([p[..., [0, 1]], p[..., [0, 2]], p[..., [1, 2]]], dim=1)  # [B,3,N,2]
+        f = F.grid_sample(planes.reshape(B * 3, C, R, R), uv.reshape(B * 3, 1, -1, 2),
+                          mode="bilinear", padding_mode="border", align_corners=False)
+        return f.view(B, 3, C, -1).sum(1).transpose(1, 2)
+
+    def query(self, planes: torch.Tensor, pts: torch.Tensor, with_rgb: bool = True):
+        """Density [B,N] and colour [B,N,3] in [0,1] at canonical points; zero density outside the box."""
+        x = self.field_mlp(self.plane_features(planes, pts))
+        h = (self.head(x) if with_rgb else F.linear(x, self.head.weight[:1], self.head.bias[:1])).float()
+        sigma = torch.exp((h[..., 0] + self.config.density_bias).clamp(max=11.0))  # trunc_exp-like: sharp, bounded
+        inside = (pts.abs() <= self.config.box_radius).all(-1)
+        sigma = torch.where(inside, sigma, torch.zeros_like(sigma))
+        rgb = torch.sigmoid(h[..., 1:]) if with_rgb else None
+        return sigma, rgb
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,186 @@
+"""A reconstructed object: triplanes + field MLP, rendered or meshed in the world frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from PIL import Image
+
+from core import cameras
+from core.mesh import MeshError, marching_cubes
+from core.recon.render import OccupancyRenderer, dense_render
+
+
+class TriplaneScene:
+    """Holds the planes of one object and the rotation ``rot`` from world to the canonical frame
+    they live in (p_canonical = rot @ p_world); every public method speaks world frame."""
+
+    def __init__(self, model, planes: torch.Tensor, rot: np.ndarray, fov_deg: float = cameras.DEFAULT_FOV_DEG):
+        self.model, self.planes, self.fov_deg = model, planes, fov_deg
+        self.rot = np.asarray(rot, dtype=np.float32)
+        self._rot_t = torch.from_numpy(self.rot).to(planes.device)
+        self._occ = None
+        self._occ_grid = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self):
+        return self.planes.device
+
+    @torch.no_grad()
+    def field(self, pts: torch.Tensor):
+        """Density and colour at canonical points [..., N, 3] (leading dims flattened to one scene)."""
+        shape = pts.shape[:-1]
+        sigma, rgb = self.model.query(self.planes, pts.reshape(1, -1, 3).to(self.planes.dtype))
+        return sigma.view(shape), rgb.view(*shape, 3)
+
+    @torch.no_grad()
+    def query_world(self, points) -> tuple[np.ndarray, np.ndarray]:
+        """Density [N] and colour [N,3] at world points [N,3] (numpy in, numpy out)."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float32), device=self.device) @ self._rot_t.T
+        sigma, rgb = self.field(pts)
+        return sigma.cpu().numpy(), rgb.cpu().numpy()
+
+    @torch.no_grad()
+    def sparse_field(self, pts: torch.Tensor):
+        """Like ``field`` but only queries points in occupied cells of a coarse occupancy grid
+        (the CPU stand-in for nerfacc's occupancy grid): empty space costs a lookup, not an MLP."""
+        if self._occ_grid is None:
+            dens = self.density_grid(48)
+            occ = (dens > 0.5).float()[None, None]
+            self._occ_grid = F.max_pool3d(occ, 5, 1, 2)[0, 0] > 0  # dilated: samples near a surface still count
+        res, r = self._occ_grid.shape[0], self.config.box_radius
+        flat = pts.reshape(-1, 3)
+        ijk = ((flat + r) / (2 * r) * (res - 1)).round().long()
+        inside = ((ijk >= 0) & (ijk < res)).all(-1)
+        ijk = ijk.clamp(0, res - 1)
+        keep = inside & self._occ_grid[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+        sigma = torch.zeros(flat.shape[0], device=flat.device)
+        rgb = torch.ones(flat.shape[0], 3, device=flat.device)
+        if keep.any():
+            s, c = self.model.query(self.planes, flat[keep][None])
+            sigma[keep], rgb[keep] = s[0], c[0]
+        return sigma.view(pts.shape[:-1]), rgb.view(*pts.shape[:-1], 3)
+
+    def _canonical_rays(self, w2c, size: int, fov_deg):
+        problems = cameras.validate_w2c(w2c, look_at_tol_deg=180.0)
+        if problems:
+            raise cameras.CameraError(f"render camera: {'; '.join(problems)}")
+        K = cameras.intrinsics(fov_deg or self.fov_deg, size)
+        o, d = cameras.get_rays(w2c, K, size, device=self.device)
+        return (o.reshape(-1, 3) @ self._rot_t.T), (d.reshape(-1, 3) @ self._rot_t.T)
+
+    @torch.no_grad()
+    def render_tensors(self, w2c, size: int = 128, fov_deg: float | None = None, n_samples: int | None = None):
+        """rgb [S,S,3] in [0,1] on white, opacity [S,S], depth (ray distance) [S,S]."""
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        o, d = self._canonical_rays(w2c, size, fov_deg)
+        n = n_samples or self.config.n_samples
+        if self.device.type == "cuda":
+            if self._occ is None:
+                self._occ = OccupancyRenderer(self.density_grid(64), self.config.box_radius, threshold=0.5)
+            rgb, op, dep = self._occ.render(self.field, o, d, n)
+        else:
+            rgb, op, dep = dense_render(self.sparse_field, o, d, self.config.box_radius, n, chunk=4096)
+        return rgb.view(size, size, 3), op.view(size, size), dep.view(size, size)
+
+    def render(self, w2c, size: int = 128, fov_deg: float | None = None) -> Image.Image:
+        rgb = self.render_tensors(w2c, size, fov_deg)[0]
+        return Image.fromarray((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy(), "RGB")
+
+    def render_orbit(self, n: int = 24, elevation_deg: float = 20.0, radius: float = 2.0, size: int = 128,
+                     fov_deg: float | None = None, start_azimuth_deg: float = 0.0) -> list[Image.Image]:
+        return [self.render(w, size, fov_deg) for w in cameras.orbit(n, elevation_deg, radius, start_azimuth_deg)]
+
+    # -- meshing ----------------------------------------------------------------------
+
+    def _grid(self, res: int) -> torch.Tensor:
+        r = self.config.box_radius
+        g = torch.linspace(-r, r, res, device=self.device)
+        return torch.stack(torch.meshgrid(g, g, g, indexing="ij"), dim=-1)
+
+    @torch.no_grad()
+    def _density(self, pts: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+        flat = pts.reshape(-1, 3)
+        out = [self.model.query(self.planes, flat[s:s + chunk][None].to(self.planes.dtype), with_rgb=False)[0][0]
+               for s in range(0, flat.shape[0], chunk)]
+        return torch.cat(out).view(pts.shape[:-1]) if out else torch.zeros(pts.shape[:-1], device=self.device)
+
+    @torch.no_grad()
+    def density_grid(self, resolution: int = 256, level: float | None = None) -> torch.Tensor:
+        """Density on a res^3 grid over the box (canonical axes, ``[x, y, z]`` indexing).
+
+        Coarse to fine: the field is queried exactly on a quarter-resolution grid, and at full
+        resolution only near coarse cells whose neighbourhood straddles ``level``; elsewhere the
+        coarse grid's trilinear upsampling is used, which lies on the same side of ``level``, so
+        marching cubes sees the same surface at a fraction of the cost."""
+        level = self.config.mc_level if level is None else level
+        coarse_res = max(16, resolution // 4)
+        if resolution <= 64:
+            return self._density(self._grid(resolution))
+        coarse = self._density(self._grid(coarse_res))
+        inside = (coarse > level).float()[None, None]
+        band = (F.max_pool3d(inside, 3, 1, 1) > 0) & (F.max_pool3d(1 - inside, 3, 1, 1) > 0)
+        fine = F.interpolate(coarse[None, None], size=(resolution,) * 3, mode="trilinear", align_corners=True)[0, 0]
+        mask = F.interpolate(band.float(), size=(resolution,) * 3, mode="nearest")[0, 0] > 0
+        idx = mask.nonzero(as_tuple=True)
+        if idx[0].numel():
+            r = self.config.box_radius
+            pts = torch.stack(idx, dim=-1).float() * (2 * r / (resolution - 1)) - r
+            fine[idx] = self._density(pts)
+        return fine
+
+    @torch.no_grad()
+    def extract_mesh(self, resolution: int = 256, level: float | None = None, keep_largest: bool = True) -> trimesh.Trimesh:
+        """Marching cubes on the density grid -> world-frame trimesh with per-vertex colours.
+
+        Raises ``MeshError`` (a ValueError) when the level crosses no surface."""
+        if not isinstance(resolution, int) or not 8 <= resolution <= 1024:
+            raise MeshError(f"resolution must be an int in [8, 1024], got {resolution!r}")
+        level = self.config.mc_level if level is None else float(level)
+        grid = self.density_grid(resolution, level).float().cpu().numpy()
+        r = self.config.box_radius
+        verts, faces = marching_cubes(grid, level, (-r, r))
+        _, rgb = self.field(torch.from_numpy(verts).to(self.device))
+        colours = np.concatenate([(rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8),
+                                  np.full((len(verts), 1), 255, np.uint8)], axis=1)
+        mesh = trimesh.Trimesh(verts @ self.rot, faces, vertex_colors=colours, process=False)  # canonical -> world
+        if keep_largest:
+            mesh = _drop_floaters(mesh)
+        return mesh
+
+
+def _drop_floaters(mesh: trimesh.Trimesh, min_fraction: float = 0.05) -> trimesh.Trimesh:
+    """Remove small disconnected blobs (stray density) but keep every sizeable part."""
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    sizes = np.array([len(p.faces) for p in parts])
+    keep = [p for p, n in zip(parts, sizes) if n >= min_fraction * sizes.max()]
+    return trimesh.util.concatenate(keep) if len(keep) > 1 else keep[0]
+
+
+def save_orbit(frames: list[Image.Image], path: str | Path, fps: int = 12) -> Path:
+    """Write orbit frames as a looping GIF or an MP4 (by extension) with imageio."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not frames:
+        raise ValueError("save_orbit: no frames")
+    arrays = [np.asarray(f.convert("RGB")) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix.lower()
+    if ext == ".gif":
+        iio.imwrite(path, arrays, duration=int(1000 / fps), loop=0)
+    elif ext == ".mp4":
+        iio.imwrite(path, arrays, fps=fps, codec="libx264")
+    else:
+        raise ValueError(f"{path}: orbit export supports .gif and .mp4")
+    return path

@@ -1,0 +1,263 @@
+"""`python -m core.train recon --data DIR --out FOLDER`: train the triplane reconstruction model.
+
+Each step takes a batch of objects, encodes 1..``--views-in`` of their views with their
+cameras, and supervises renders of *other* views of the same objects on random rays
+(half on the object, half anywhere) with colour MSE on white, a mask loss on the
+accumulated opacity and, where the dataset has depth, an L1 depth loss. The whole
+dataset is decoded once into memory at the model's resolution (small: 64 px). Checkpoints
+are safetensors only (model + optimizer state) and resume exactly where they stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from core import cameras
+from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into, save_checkpoint
+from core.data.io import index_objects, read_view
+from core.recon.model import ReconConfig, ReconModel
+from core.recon.pipeline import prepare_views
+from core.recon.render import dense_render
+
+
+# ----------------------------------------------------------------------------- data
+
+class ViewCache:
+    """All views of all objects at one resolution, in memory (uint8 images, uint8 masks, fp16 depth)."""
+
+    def __init__(self, root, size: int, split: str | None, max_objects: int | None = None, log=print):
+        objs = index_objects(root, split, min_views=2, report=log)[:max_objects]
+        if not objs:
+            raise SystemExit(f"{root}: no usable objects (split={split})")
+        self.size, self.objects = size, []
+        for o in objs:
+            views = [read_view(o.folder, v, size, fov_deg=o.fov_deg) for v in o.views]
+            rgb = np.stack([np.asarray(v.image) for v in views])
+            alpha = np.stack([v.alpha if v.alpha is not None else
+                              ((255 - np.asarray(v.image, np.int16)).max(-1) > 6).astype(np.float32) for v in views])
+            depth = np.stack([v.depth for v in views]).astype(np.float16) if all(v.depth is not None for v in views) else None
+            self.objects.append({"name": o.folder.name, "rgb": rgb, "alpha": (alpha * 255).round().astype(np.uint8),
+                                 "depth": depth, "w2c": np.stack([v.w2c for v in views]), "fov": o.fov_deg})
+        log(f"cached {len(self.objects)} objects from {root} ({split or 'all'}) at {size}px")
+
+    def elevation_stats(self) -> tuple[float, float]:
+        els = [cameras.spherical_from_pose(o["w2c"][0])[1:] for o in self.objects]
+        return float(np.median([e for e, _ in els])), float(np.median([r for _, r in els]))
+
+
+def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in: int, targets: int, rays: int):
+    """Inputs and supervision rays (canonical frame) for ``batch`` random objects."""
+    S = cache.size
+    xs, cams, plk, ro, rd, cols, alphas, depths, cosines = [], [], [], [], [], [], [], [], []
+    for k in rng.integers(0, len(cache.objects), batch):
+        o = cache.objects[k]
+        V = len(o["w2c"])
+        n_in = int(rng.integers(1, min(views_in, V - 1) + 1))
+        perm = rng.permutation(V)
+        vin, vt = perm[:n_in], perm[n_in:n_in + targets]
+        if len(vt) < targets:
+            vt = rng.choice(perm[n_in:], targets)
+        img = torch.from_numpy(o["rgb"][vin]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        fovs = [o["fov"]] * n_in
+        x, c, p, rot = prepare_views(img, list(o["w2c"][vin]), fovs, S)
+        pad = views_in - n_in  # pad to a fixed view count by repeating view 0 (same camera: harmless)
+        xs.append(torch.cat([x, x[:1].repeat(pad, 1, 1, 1)]))
+        cams.append(torch.cat([c, c[:1].repeat(pad, 1)]))
+        plk.append(torch.cat([p, p[:1].repeat(pad, 1, 1, 1)]))
+        K = cameras.intrinsics(o["fov"], S)
+        rot_t = torch.from_numpy(rot)
+        r_o, r_d, r_c, r_a, r_z, r_cos = [], [], [], [], [], []
+        for v in vt:
+            og, dg = cameras.get_rays(o["w2c"][v], K, S)
+            a = o["alpha"][v].reshape(-1)
+            fg = np.flatnonzero(a > 127)
+            n_fg = min(len(fg), rays // 2)
+            pick = np.concatenate([rng.choice(fg, n_fg, replace=False) if n_fg else np.zeros(0, np.int64),
+                                   rng.integers(0, S * S, rays - n_fg)])
+            dg = dg.reshape(-1, 3)[pick]
+            r_o.append(og.reshape(-1, 3)[pick] @ rot_t.T)
+            r_d.append(dg @ rot_t.T)
+            r_c.append(torch.from_numpy(o["rgb"][v].reshape(-1, 3)[pick]).float() / 255)
+            r_a.append(torch.from_numpy(a[pick]).float() / 255)
+            z = o["depth"][v].reshape(-1)[pick].astype(np.float32) if o["depth"] is not None else np.zeros(rays, np.float32)
+            r_z.append(torch.from_numpy(z))
+            r_cos.append(dg @ torch.from_numpy(-o["w2c"][v][2, :3]))  # ray distance -> z-depth factor
+        for lst, r in ((ro, r_o), (rd, r_d), (cols, r_c), (alphas, r_a), (depths, r_z), (cosines, r_cos)):
+            lst.append(torch.cat(r))
+    st = torch.stack
+    return {"images": st(xs), "cams": st(cams), "rays": st(plk), "o": st(ro), "d": st(rd), "rgb": st(cols),
+            "alpha": st(alphas), "depth": st(depths), "cos": st(cosines)}
+
+
+# ----------------------------------------------------------------------------- loss
+
+def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: float):
+    planes = model(b["images"], b["cams"], b["rays"])
+    field = lambda pts: model.query(planes, pts)  # noqa: E731
+    rgb, opacity, dist = dense_render(field, b["o"], b["d"], model.config.box_radius, n_samples,
+                                      stratified=True, chunk=1 << 30)
+    out = {"rgb": torch.mean((rgb - b["rgb"]) ** 2),
+           "mask": torch.mean((opacity - b["alpha"]) ** 2)}
+    valid = (b["depth"] > 0) & (b["alpha"] > 0.5)
+    if w_depth > 0 and valid.any():
+        zpred = dist / opacity.clamp(min=1e-3) * b["cos"]
+        out["depth"] = (zpred - b["depth"])[valid].abs().mean()
+    else:
+        out["depth"] = torch.zeros((), device=rgb.device)
+    out["loss"] = out["rgb"] + w_mask * out["mask"] + w_depth * out["depth"]
+    out["psnr"] = -10 * torch.log10(out["rgb"].detach().clamp(min=1e-10))
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_training(folder: Path, model, opt, step: int, extra: dict) -> None:
+    save_checkpoint(folder, model.state_dict(), {"model_type": "recon", **model.config.to_dict()})
+    tensors, groups = {}, []
+    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+        for k, v in st.items():
+            tensors[f"{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    tmp = folder / "optimizer.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "optimizer.safetensors")
+    (folder / "train_state.json").write_text(json.dumps({"step": step, "param_groups": groups, **extra}, indent=2))
+
+
+def load_training(folder: Path, model, opt) -> dict:
+    load_into(model, folder)
+    state = json.loads((folder / "train_state.json").read_text())
+    flat = load_file(str(folder / "optimizer.safetensors"))
+    per = {}
+    for key, v in flat.items():
+        pid, name = key.split(".", 1)
+        per.setdefault(int(pid), {})[name] = v
+    sd = opt.state_dict()
+    sd["state"] = per
+    for g, saved in zip(sd["param_groups"], state["param_groups"]):
+        g.update({k: v for k, v in saved.items() if k != "params"})
+    opt.load_state_dict(sd)
+    return state
+
+
+# ----------------------------------------------------------------------------- main
+
+@torch.no_grad()
+def quick_val(model, cache: ViewCache, n_samples: int, max_objects: int = 8) -> float:
+    """Mean PSNR of view 000 -> every other view on a few val objects (cheap progress signal)."""
+    from core.recon.scene import TriplaneScene
+
+    model.eval()
+    vals = []
+    for o in cache.objects[:max_objects]:
+        img = torch.from_numpy(o["rgb"][:1]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x, c, p, rot = prepare_views(img, [o["w2c"][0]], [o["fov"]], cache.size)
+        scene = TriplaneScene(model, model(x[None], c[None], p[None]), rot, o["fov"])
+        for v in range(1, len(o["w2c"]), 3):
+            rgb = scene.render_tensors(o["w2c"][v], cache.size, o["fov"], n_samples)[0]
+            mse = torch.mean((rgb - torch.from_numpy(o["rgb"][v]).float() / 255) ** 2).item()
+            vals.append(-10 * math.log10(max(mse, 1e-10)))
+    model.train()
+    return float(np.mean(vals))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.train recon", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="dataset root (train/ val/) or a folder of object folders")
+    ap.add_argument("--out", required=True, help="checkpoint folder (config.json, model.safetensors, optimizer state)")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--views-in", type=int, default=1, help="train with 1..N input views per object")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--targets", type=int, default=2, help="supervised views per object")
+    ap.add_argument("--rays", type=int, default=256, help="rays per supervised view")
+    ap.add_argument("--samples", type=int, default=48, help="samples per ray in training")
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--w-mask", type=float, default=0.5)
+    ap.add_argument("--w-depth", type=float, default=0.1)
+    ap.add_argument("--config", default=None, help="JSON of ReconConfig overrides for a fresh run")
+    ap.add_argument("--max-objects", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on for CUDA)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    dev = torch.device(args.device)
+    resuming = args.resume and (out / "train_state.json").is_file()
+    if resuming:
+        cfg = config_from_dict(ReconConfig, load_config(out), source=str(out / "config.json"))
+    else:
+        cfg = ReconConfig(**json.loads(args.config)) if args.config else ReconConfig()
+    train = ViewCache(args.data, cfg.image_size, "train", args.max_objects)
+    try:
+        val = ViewCache(args.data, cfg.image_size, "val", 8)
+    except SystemExit:
+        val = None
+    if not resuming:  # the single-photo default camera follows the corpus's first views
+        cfg.default_elevation_deg = round(train.elevation_stats()[0], 1)  # radius stays 2.0 (the app default)
+    model = ReconModel(cfg).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "tokens" not in n and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "tokens" not in n and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    step, wall0, best = 0, 0.0, -1.0
+    if resuming:
+        try:
+            st = load_training(out, model, opt)
+        except (CheckpointError, OSError, KeyError, ValueError) as e:
+            raise SystemExit(f"--resume: cannot load {out}: {e}")
+        step, wall0, best = st["step"], st.get("wall_s", 0.0), st.get("best_val_psnr", -1.0)
+        print(f"resumed from {out} at step {step}")
+    print(f"model {model.num_parameters() / 1e6:.2f}M params, planes 3x{cfg.plane_channels}x{cfg.plane_res}^2, "
+          f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}", flush=True)
+
+    def lr_at(s):
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - args.warmup) / max(1, args.steps - args.warmup)))))
+
+    rng = np.random.default_rng(args.seed + step)
+    use_amp = dev.type == "cuda" or args.bf16
+    t0 = time.time()
+    model.train()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, mininterval=20, dynamic_ncols=False)
+    for step in bar:
+        b = {k: v.to(dev) for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            L = losses(model, b, args.samples, args.w_mask, args.w_depth)
+        opt.zero_grad(set_to_none=True)
+        L["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{L['loss'].item():.4f}", psnr=f"{L['psnr'].item():.2f}", mask=f"{L['mask'].item():.4f}",
+                        depth=f"{L['depth'].item():.3f}", refresh=False)
+        done = step + 1
+        if done % args.val_every == 0 and val is not None:
+            vp = quick_val(model, val, cfg.n_samples)
+            print(f"\nstep {done}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
+            if vp > best:
+                best = vp
+                save_checkpoint(out.parent / (out.name + "-best"), model.state_dict(), {"model_type": "recon", **cfg.to_dict()})
+        if done % args.save_every == 0 or done == args.steps:
+            save_training(out, model, opt, done, {"wall_s": wall0 + time.time() - t0, "best_val_psnr": best,
+                                                  "args": vars(args)})
+    print(f"done: {args.steps} steps, {wall0 + time.time() - t0:.0f} s wall", flush=True)
+    return 0

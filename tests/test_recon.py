@@ -1,0 +1,252 @@
+"""Reconstruction model, renderer, scene, meshing, training/eval commands on tiny configs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from core import cameras
+from core.checkpoint import CheckpointError
+from core.mesh import MeshError
+from core.recon import ReconConfig, ReconInputError, ReconModel, ReconPipeline, TriplaneScene, save_orbit
+from core.recon.model import canonical_rotation, to_canonical
+from core.recon.render import dense_render, ray_box
+
+TINY = dict(image_size=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, cam_dim=16, tri_tokens=4,
+            tri_dim=32, tri_depth=1, tri_heads=2, upsample_channels=(16,), mlp_hidden=16, mlp_layers=1, n_samples=24)
+
+
+def tiny_pipe(seed=0, **kw) -> ReconPipeline:
+    torch.manual_seed(seed)
+    return ReconPipeline(ReconModel(ReconConfig(**{**TINY, **kw})))
+
+
+def disc_image(size=64, colour=(200, 60, 40)):
+    from PIL import ImageDraw
+    img = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(img).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=colour)
+    return img
+
+
+class BallModel(torch.nn.Module):
+    """Analytic stand-in for ReconModel.query: a dense ball at ``centre`` (canonical frame),
+    red where x > centre_x, green elsewhere. Lets scene/mesh code be tested exactly."""
+
+    def __init__(self, centre=(0.2, 0.0, 0.0), radius=0.25):
+        super().__init__()
+        self.config = ReconConfig(**TINY)
+        self.centre, self.radius = torch.tensor(centre), radius
+
+    def query(self, planes, pts, with_rgb=True):
+        d = (pts - self.centre).norm(dim=-1)
+        sigma = 50.0 * torch.sigmoid((self.radius - d) * 60)
+        rgb = torch.where((pts[..., :1] > self.centre[0]), torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0]))
+        return sigma, (rgb.expand(*pts.shape[:-1], 3) if with_rgb else None)
+
+
+def ball_scene(az_deg=0.0, **kw):
+    rot = canonical_rotation(cameras.pose_from_spherical(az_deg, 20, 2))
+    return TriplaneScene(BallModel(**kw), torch.zeros(1), rot)
+
+
+# ----------------------------------------------------------------------------- model
+
+def test_model_shapes_one_and_many_views():
+    pipe = tiny_pipe()
+    m, c = pipe.model, pipe.config
+    for V in (1, 3):
+        x = torch.randn(2, V, 3, 32, 32)
+        cams = torch.randn(2, V, 16)
+        rays = torch.randn(2, V, 6, 32, 32)
+        assert m.encode(x, cams, rays).shape == (2, V * 16, c.enc_dim)  # tokens of all views concatenated
+        planes = m(x, cams, rays)
+        assert planes.shape == (2, 3, c.plane_channels, c.plane_res, c.plane_res)
+        sigma, rgb = m.query(planes, torch.rand(2, 50, 3) - 0.5)
+        assert sigma.shape == (2, 50) and rgb.shape == (2, 50, 3)
+        assert (sigma >= 0).all() and (rgb >= 0).all() and (rgb <= 1).all()
+
+
+def test_camera_modulates_image_tokens():
+    pipe = tiny_pipe(plucker=False)
+    for blk in pipe.model.encoder:  # AdaLN is zero-initialised; give it weights to see the path
+        torch.nn.init.normal_(blk.ada.weight, std=0.5)
+    x = torch.randn(1, 1, 3, 32, 32)
+    a = pipe.model.encode(x, torch.zeros(1, 1, 16), None)
+    b = pipe.model.encode(x, torch.ones(1, 1, 16), None)
+    assert not torch.allclose(a, b)
+    # each view modulated by its own camera: swapping the cameras of two views changes the tokens per view
+    x2 = torch.randn(1, 2, 3, 32, 32)
+    c2 = torch.stack([torch.zeros(16), torch.ones(16)])[None]
+    t1 = pipe.model.encode(x2, c2, None)
+    t2 = pipe.model.encode(x2, c2.flip(1), None)
+    assert not torch.allclose(t1[:, :16], t2[:, :16])
+
+
+def test_canonical_frame_rotation():
+    w = cameras.pose_from_spherical(70, 25, 1.8)
+    rot = canonical_rotation(w)
+    assert np.isclose(np.linalg.det(rot), 1.0)
+    az, el, r = cameras.spherical_from_pose(to_canonical(w, rot))
+    assert abs(az) < 1e-4 and abs(el - 25) < 1e-4 and abs(r - 1.8) < 1e-5
+
+
+def test_reconstruct_is_azimuth_equivariant():
+    """The same photo taken from azimuth 90 gives the same object, rotated by 90 deg about +Z."""
+    pipe = tiny_pipe()
+    img = disc_image()
+    s0 = pipe.reconstruct(img, [cameras.pose_from_spherical(0, 20, 2)])
+    s1 = pipe.reconstruct(img, [cameras.pose_from_spherical(90, 20, 2)])
+    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (200, 3)).astype(np.float32)
+    Rz = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32)
+    d0, c0 = s0.query_world(pts)
+    d1, c1 = s1.query_world(pts @ Rz.T)
+    np.testing.assert_allclose(d0, d1, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(c0, c1, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def test_ray_box_and_empty_field_is_white():
+    o = torch.tensor([[2.0, 0, 0], [2.0, 2.0, 0]])
+    d = torch.tensor([[-1.0, 0, 0], [-1.0, 0, 0]])
+    near, far, hit = ray_box(o, d, 0.5)
+    assert hit.tolist() == [True, False]
+    assert torch.allclose(near[0], torch.tensor(1.5)) and torch.allclose(far[0], torch.tensor(2.5))
+    empty = lambda p: (torch.zeros(p.shape[:-1]), torch.zeros(*p.shape[:-1], 3))  # noqa: E731
+    rgb, op, _ = dense_render(empty, o, d, 0.5, 16)
+    assert torch.allclose(rgb, torch.ones_like(rgb)) and torch.allclose(op, torch.zeros_like(op))
+
+
+def test_dense_render_opaque_ball_depth_and_colour():
+    ball = BallModel(centre=(0, 0, 0), radius=0.3)
+    o = torch.tensor([[[2.0, 0, 0], [2.0, 0.0, 0.55]]])
+    d = torch.tensor([[[-1.0, 0, 0], [-1.0, 0, 0]]])
+    rgb, op, depth = dense_render(lambda p: ball.query(None, p), o, d, 0.6, 256, chunk=1)  # chunking too
+    assert op[0, 0] > 0.99 and op[0, 1] < 0.01
+    assert abs(depth[0, 0] / op[0, 0] - 1.7) < 0.02  # surface at x = 0.3
+    assert rgb[0, 0, 0] > 0.95 and rgb[0, 0, 1] < 0.05  # the +X half is red
+    assert torch.allclose(rgb[0, 1], torch.ones(3), atol=0.02)  # white background
+
+
+def test_scene_render_world_frame_and_orbit(tmp_path):
+    scene = ball_scene(az_deg=90)  # canonical +X is world +Y: the ball sits on +Y, its red half faces +Y
+    front = np.asarray(scene.render(cameras.pose_from_spherical(90, 0, 2), 32))
+    back = np.asarray(scene.render(cameras.pose_from_spherical(-90, 0, 2), 32))
+    assert front[16, 16, 0] > 200 and front[16, 16, 1] < 60
+    assert back[16, 16, 1] > 200 and back[16, 16, 0] < 60
+    assert tuple(front[0, 0]) == (255, 255, 255)
+    frames = scene.render_orbit(n=4, elevation_deg=20, radius=2.0, size=24)
+    assert len(frames) == 4 and frames[0].size == (24, 24)
+    gif = save_orbit(frames, tmp_path / "orbit.gif")
+    assert Image.open(gif).n_frames == 4
+    with pytest.raises(cameras.CameraError):
+        scene.render(np.full((3, 4), np.nan), 16)
+
+
+# ----------------------------------------------------------------------------- meshing
+
+def test_extract_mesh_world_frame_colours_and_coarse_to_fine():
+    scene = ball_scene(az_deg=90, centre=(0.2, 0, 0))
+    mesh = scene.extract_mesh(resolution=96)
+    assert isinstance(mesh, trimesh.Trimesh) and mesh.is_watertight and mesh.volume > 0
+    np.testing.assert_allclose(mesh.bounds.mean(0), [0, 0.2, 0], atol=0.02)  # canonical +X -> world +Y
+    np.testing.assert_allclose(mesh.extents, [2 * (0.25 + np.log(4) / 60)] * 3, atol=0.01)  # sigma = level there
+    col = np.asarray(mesh.visual.vertex_colors)
+    red = col[:, 0] > 200
+    assert mesh.vertices[red, 1].mean() > 0.2 > mesh.vertices[~red, 1].mean()
+    dense = scene.density_grid(48).numpy()
+    fine = scene.density_grid(96).numpy()  # coarse-to-fine must agree with the dense field at shared nodes
+    exact = scene._density(scene._grid(96)).numpy()
+    level = scene.config.mc_level
+    assert np.array_equal(fine > level, exact > level) and dense.shape == (48,) * 3
+
+
+def test_extract_mesh_no_surface_is_value_error():
+    scene = ball_scene()
+    with pytest.raises(MeshError, match="no surface") as e:
+        scene.extract_mesh(resolution=32, level=1e6)
+    assert isinstance(e.value, ValueError)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+def test_bad_inputs_are_clear_errors():
+    pipe = tiny_pipe()
+    with pytest.raises(ReconInputError, match="no object"):
+        pipe.reconstruct(Image.new("RGB", (40, 40), "white"))
+    with pytest.raises(ReconInputError, match="no object"):
+        pipe.reconstruct(Image.new("RGB", (40, 40), (30, 30, 30)))
+    bad = cameras.pose_from_spherical(0, 20, 2).copy()
+    bad[0, 3] = np.inf
+    with pytest.raises(cameras.CameraError, match="finite"):
+        pipe.reconstruct(disc_image(), [bad])
+    with pytest.raises(ReconInputError, match="cameras"):
+        pipe.reconstruct([disc_image(), disc_image()])
+    with pytest.raises(ReconInputError, match="fov"):
+        pipe.reconstruct(disc_image(), fov_deg=float("nan"))
+
+
+def test_rgba_input_and_multiview(tmp_path):
+    pipe = tiny_pipe()
+    rgba = disc_image().convert("RGBA")
+    scene = pipe.reconstruct([rgba, disc_image()], [cameras.pose_from_spherical(a, 20, 2) for a in (0, 90)])
+    assert scene.render(cameras.pose_from_spherical(45, 20, 2), 16).size == (16, 16)
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    pipe = tiny_pipe()
+    pipe.save_pretrained(tmp_path / "ck")
+    again = ReconPipeline.from_pretrained(tmp_path / "ck")
+    img = disc_image()
+    a, b = pipe.reconstruct(img).planes, again.reconstruct(img).planes
+    assert torch.allclose(a, b)
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x80\x04junk")
+    with pytest.raises(CheckpointError):
+        ReconPipeline.from_pretrained(tmp_path / "ck")
+
+
+# ----------------------------------------------------------------------------- commands
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    from core.recon.toydata import write_dataset
+    return write_dataset(tmp_path_factory.mktemp("toy"), n_train=2, n_val=1, size=32, n_views=4)
+
+
+def test_train_resume_and_eval_commands(toy_data, tmp_path):
+    from core.eval.recon import main as eval_main
+    from core.train.recon import main as train_main
+
+    out = tmp_path / "run"
+    base = ["--data", str(toy_data), "--out", str(out), "--config", json.dumps(TINY), "--batch", "2",
+            "--rays", "32", "--samples", "12", "--save-every", "2", "--val-every", "100"]
+    assert train_main(base + ["--steps", "2"]) == 0
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["step"] == 2 and (out / "optimizer.safetensors").is_file()
+    w2 = ReconPipeline.from_pretrained(out).model.state_dict()
+    assert train_main(base + ["--steps", "4", "--resume"]) == 0
+    assert json.loads((out / "train_state.json").read_text())["step"] == 4
+    w4 = ReconPipeline.from_pretrained(out).model.state_dict()
+    assert any(not torch.equal(w2[k], w4[k]) for k in w2)
+
+    res_path = tmp_path / "eval.json"
+    assert eval_main(["--data", str(toy_data), "--checkpoint", str(out), "--out", str(res_path),
+                      "--mc-resolution", "32"]) == 0
+    res = json.loads(res_path.read_text())
+    for k in ("psnr", "ssim", "chamfer", "fscore", "seconds_reconstruct", "seconds_mesh", "n_objects", "per_object"):
+        assert k in res
+    assert res["n_objects"] == 1 and len(res["per_object"]) == 1
+    assert np.isfinite(res["psnr"]) and res["per_object"]["toy00000"]["n_views"] == 3
+
+
+def test_mesh_metrics_sanity():
+    from core.eval.recon import mesh_metrics
+    a = trimesh.creation.icosphere(subdivisions=3, radius=0.4)
+    same = mesh_metrics(a, a.copy())
+    assert same["chamfer"] < 0.01 and same["fscore"] > 0.99
+    b = a.copy()
+    b.apply_translation((0.5, 0, 0))
+    far = mesh_metrics(a, b)
+    assert far["chamfer"] > 0.2 and far["fscore"] < 0.5
