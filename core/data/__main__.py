@@ -1,0 +1,119 @@
+"""`python -m core.data {check,render,procedural,corpus} ...`: dataset tools.
+
+  check DIR                          validate a dataset root, folder of objects or one object
+  render --meshes PATHS_OR_GLOB --out DIR [--views 12 --size 128 ...]
+  procedural --out DIR --objects N   seeded procedural objects, rendered
+  corpus --out DIR [--procedural 1500 --zero-ad PATH ...]   the training-corpus recipe
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+from core import cameras
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--views", type=int, default=12, help="views per object")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels (square)")
+    p.add_argument("--fov", type=float, default=cameras.DEFAULT_FOV_DEG, help="vertical field of view, degrees")
+    p.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 45.0), metavar=("LO", "HI"))
+    p.add_argument("--radius-range", type=float, nargs=2, default=(1.5, 2.2), metavar=("LO", "HI"))
+    p.add_argument("--seed", type=int, default=0, help="seed of view sampling (and of procedural objects)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes, one EGL context each")
+    p.add_argument("--depth-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--no-mesh", action="store_true", help="do not write mesh.ply")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _settings(a):
+    from core.data.corpus import RenderSettings
+    for name, (lo, hi) in (("--elevation-range", a.elevation_range), ("--radius-range", a.radius_range)):
+        if lo > hi:
+            raise SystemExit(f"{name}: low {lo} > high {hi}")
+    if a.radius_range[0] <= 0:
+        raise SystemExit("--radius-range must be positive")
+    if a.views < 1 or a.size < 8:
+        raise SystemExit("--views must be >= 1 and --size >= 8")
+    return RenderSettings(a.size, a.views, a.fov, tuple(a.elevation_range), tuple(a.radius_range), a.seed,
+                          a.depth_dtype, not a.no_mesh)
+
+
+def _summary(summary: dict, what: str) -> int:
+    c = summary["counts"]
+    print(f"{what}: {c['ok']} rendered, {c['existing']} already complete, {c['error']} failed "
+          f"in {summary['seconds']:.1f} s")
+    for e in summary["errors"]:
+        print(f"  failed: {e}")
+    return 1 if c["error"] else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("check", help="validate a dataset; exit 1 if any problem")
+    p.add_argument("dir")
+    p.add_argument("--max-problems", type=int, default=200, help="print at most this many problems")
+    p = sub.add_parser("render", help="render mesh files (OBJ/GLB/GLTF/PLY/STL/DAE/URDF) into the dataset format")
+    p.add_argument("--meshes", nargs="+", required=True, help="paths or glob patterns (quote globs)")
+    p.add_argument("--up", choices=("z", "y"), default=None,
+                   help="up axis of non-glTF meshes (default z; GLB/GLTF are always +Y up)")
+    _render_args(p)
+    p = sub.add_parser("procedural", help="render N seeded procedural objects")
+    p.add_argument("--objects", type=int, required=True)
+    p.add_argument("--start", type=int, default=0, help="index of the first object")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="> 0: write train/ and val/ subfolders")
+    _render_args(p)
+    p = sub.add_parser("corpus", help="the training corpus: procedural + pybullet_data (+ 0ad-data)")
+    p.add_argument("--procedural", type=int, default=1500, help="number of procedural objects")
+    p.add_argument("--no-pybullet", action="store_true")
+    p.add_argument("--limit-pybullet", type=int, default=None, help="use only the first N pybullet models")
+    p.add_argument("--zero-ad", default="/usr/share/games/0ad", help="0ad-data folder, skipped if absent")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    _render_args(p)
+    a = ap.parse_args(argv)
+
+    if a.cmd == "check":
+        from core.data.check import main as check_main
+        return check_main([a.dir, "--max-problems", str(a.max_problems)])
+
+    from core.data import corpus
+    settings = _settings(a)
+    log = print if not a.quiet else (lambda *x: None)
+    if a.cmd == "render":
+        paths = []
+        for m in a.meshes:
+            hits = sorted(glob.glob(m, recursive=True)) if any(ch in m for ch in "*?[") else [m]
+            if not hits:
+                print(f"no file matches {m!r}")
+            paths += hits
+        if not paths:
+            print("render: no mesh files given")
+            return 1
+        jobs = corpus.mesh_jobs(paths, a.up)
+        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, print), "render")
+    if a.cmd == "procedural":
+        if a.objects < 1:
+            raise SystemExit("--objects must be >= 1")
+        jobs = corpus.procedural_jobs(a.objects, a.seed, a.start)
+        if a.val_fraction > 0:
+            corpus.assign_splits(jobs, a.val_fraction, a.seed)
+        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, print), "procedural")
+    if a.cmd == "corpus":
+        rep = corpus.build_corpus(a.out, a.procedural, not a.no_pybullet, a.zero_ad, a.val_fraction, a.seed,
+                                  a.workers, settings, a.limit_pybullet, log=print)
+        print(json.dumps({k: rep[k] for k in ("counts", "size_bytes", "seconds")}, indent=2))
+        print(f"corpus: {rep['counts']['objects']} objects ({rep['counts']['train']} train, {rep['counts']['val']} val), "
+              f"{rep['size_bytes'] / 2**20:.0f} MiB, {rep['seconds']:.0f} s, {rep['counts']['failed']} failed "
+              f"-> {Path(a.out) / 'corpus.json'}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
