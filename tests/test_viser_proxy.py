@@ -120,6 +120,21 @@ def test_newer_move_cancels_stale_work(live):
         ws.close()
 
 
+def test_lifted_mesh_reaches_only_its_own_client(live):
+    a, b = new_source(live, (200, 100, 30)), new_source(live, (30, 100, 200))
+    wa, wb = ViserWireClient(ws_url(live, a.token)), ViserWireClient(ws_url(live, b.token))
+    try:
+        settle(wa)
+        settle(wb)
+        live.backend.lift(a, mesh_resolution=32, orbit_frames=2)
+        got_a = [m for _, m in wa.messages(timeout=1.5) if m.get("name") == "/object_mesh"]
+        got_b = [m for _, m in wb.messages(timeout=0.5) if m.get("name") == "/object_mesh"]
+        assert got_a and not got_b
+    finally:
+        wa.close()
+        wb.close()
+
+
 def test_unknown_session_and_wrong_protocol(live):
     ws = ViserWireClient(ws_url(live))          # no token: connects, but has nothing to show
     try:

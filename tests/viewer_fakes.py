@@ -30,6 +30,7 @@ class FakeNVS:
 
     resolution = 64
     patch_nums = (1, 2, 4, 8, 16, 64)
+    num_scales = len(patch_nums)
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
@@ -56,11 +57,14 @@ class FakeNVS:
         t0 = time.perf_counter()
         full = self._target(src, source_w2c, target_w2c)
         S = len(self.patch_nums)
+        keep = set(range(1, S + 1)) if preview_scales is None else set(preview_scales) | {S}
         for si, pn in enumerate(self.patch_nums):
             if cancel is not None and cancel():
                 return
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if si + 1 not in keep:
+                continue
             img = full.resize((pn, pn), Image.Resampling.BOX).resize((self.resolution,) * 2, Image.Resampling.NEAREST)
             yield FakeFrame(img, si + 1, S, time.perf_counter() - t0, si == S - 1)
 

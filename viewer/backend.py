@@ -296,7 +296,7 @@ class Backend:
 
     def stream_view(self, session: Session, azimuth: float, elevation: float, radius: float,
                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95,
-                    cancel: Callable[[], bool] | None = None) -> Iterator[Any]:
+                    cancel: Callable[[], bool] | None = None, preview_scales=None) -> Iterator[Any]:
         """Frames of one target view, coarse first; stops early when ``cancel()`` turns True
         or the session gets a new source."""
         pipe = self.require("nvs")
@@ -318,7 +318,7 @@ class Backend:
             try:
                 src = self._source(session)
                 frames = pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
-                                     top_p=top_p, cancel=stop)
+                                     top_p=top_p, cancel=stop, preview_scales=preview_scales)
             except ValueError as e:
                 raise UserError(f"Cannot generate this view: {e}") from None
             for frame in frames:
@@ -329,6 +329,12 @@ class Backend:
                 yield frame
                 if stop():
                     return
+
+    def sparse_previews(self, fractions=(0.3, 0.6, 0.8)) -> list[int] | None:
+        """A few preview scales (plus the final one, always decoded): each decode costs about as
+        much as sampling several scales, so a dragged camera gets 3-4 frames, not one per scale."""
+        S = getattr(self.nvs, "num_scales", None)
+        return None if not S else sorted({max(1, math.ceil(S * f)) for f in fractions} | {S})
 
     def views_around(self, session: Session, n: int = 6, elevation: float | None = None,
                      seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95

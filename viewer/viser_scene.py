@@ -242,7 +242,8 @@ class ViserScene:
             stale = lambda: st.generation != gen or st.closed  # noqa: E731
             rec = {"view": view, "first_s": None, "final_s": None, "frames": 0}
             try:
-                for frame in self.backend.stream_view(session, *view, cancel=stale):
+                for frame in self.backend.stream_view(session, *view, cancel=stale,
+                                                      preview_scales=self.backend.sparse_previews()):
                     if stale():
                         break
                     cam = st.client.camera
