@@ -217,3 +217,14 @@ def test_handlers_with_real_untrained_pipelines(tmp_path):
         assert "surface" in str(e)
     else:
         assert trimesh.load(glb, force="mesh").vertices.shape[1] == 3
+
+
+def test_abandoned_stream_does_not_block_others(handlers, tmp_path):
+    """A consumer that stops reading (a closed tab) must not hold the model lock."""
+    t1, t2 = handlers.new_session()[0], handlers.new_session()[0]
+    for t in (t1, t2):
+        handlers.process(t, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
+    abandoned = handlers.generate(t1, 10, 20, 2.0, 0, 3, 900, 0.95)
+    next(abandoned)                                        # one preview, then never read again
+    frames = list(handlers.generate(t2, 50, 20, 2.0, 0, 3, 900, 0.95))
+    assert "final" in frames[-1][1] and not handlers.backend.compute.locked()

@@ -4,8 +4,9 @@ The UI and the Viser scene never touch a model directly. ``Backend.load`` builds
 NVS and reconstruction pipelines from a checkpoints folder when they are present and
 importable; whatever is missing is recorded with a sentence saying how to get it, and
 only the features that need it are disabled. All model calls go through one lock:
-on a small CPU two concurrent generations only slow each other down, and a newer
-camera move cancels stale work instead of queueing behind it.
+on a small CPU two concurrent generations only slow each other down. Streams take the
+lock one scale at a time, so they interleave fairly, and a newer camera move cancels
+stale work instead of queueing behind it.
 """
 from __future__ import annotations
 
@@ -321,14 +322,23 @@ class Backend:
                                      top_p=top_p, cancel=stop, preview_scales=preview_scales)
             except ValueError as e:
                 raise UserError(f"Cannot generate this view: {e}") from None
-            for frame in frames:
-                if frame.is_final and session.version == version:
-                    session.generated = [g for g in session.generated
-                                         if not np.allclose(g[0], target, atol=1e-4)] + [(target, frame.image)]
-                    session.generated = session.generated[-8:]
-                yield frame
+        # the lock is held per step, never across a yield: a consumer that stops iterating (a closed
+        # browser tab) cannot block everybody else, and concurrent streams take turns scale by scale
+        while True:
+            with self.compute:
                 if stop():
                     return
+                try:
+                    frame = next(frames, None)
+                except ValueError as e:
+                    raise UserError(f"Cannot generate this view: {e}") from None
+            if frame is None:
+                return
+            if frame.is_final and session.version == version:
+                session.generated = [g for g in session.generated
+                                     if not np.allclose(g[0], target, atol=1e-4)] + [(target, frame.image)]
+                session.generated = session.generated[-8:]
+            yield frame
 
     def sparse_previews(self, fractions=(0.3, 0.6, 0.8)) -> list[int] | None:
         """A few preview scales (plus the final one, always decoded): each decode costs about as
