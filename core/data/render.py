@@ -216,7 +216,7 @@ _VERT = """
 uniform mat4 view;
 uniform mat4 proj;
 in vec3 in_pos; in vec3 in_normal; in vec4 in_color; in vec2 in_uv;
-out vec3 v_normal; out vec4 v_color; out vec2 v_uv; out vec3 v_cam;
+out vec3 v_normal; out vec4 v_color; centroid out vec2 v_uv; centroid out vec3 v_cam;
 void main() {
     vec4 pc = view * vec4(in_pos, 1.0);
     v_cam = pc.xyz;
@@ -236,7 +236,8 @@ uniform float light_k[3];
 uniform float ambient;
 uniform vec3 cam_pos;
 uniform mat3 cam_rot;
-in vec3 v_normal; in vec4 v_color; in vec2 v_uv; in vec3 v_cam;
+in vec3 v_normal; in vec4 v_color; centroid in vec2 v_uv; centroid in vec3 v_cam;  // centroid: MSAA edge pixels
+// are shaded inside the triangle, so depth and texture are never extrapolated
 layout(location = 0) out vec4 f_color;
 layout(location = 1) out vec4 f_depth;
 void main() {
@@ -256,7 +257,7 @@ void main() {
     float light = ambient;
     for (int i = 0; i < 3; ++i) light += light_k[i] * max(dot(n, light_dir[i]), 0.0);
     f_color = vec4(clamp(base.rgb * light, 0.0, 1.0), 1.0);
-    f_depth = vec4(-v_cam.z, 1.0, 0.0, 1.0);  // (depth, coverage): resolved sums / coverage
+    f_depth = vec4(max(-v_cam.z, 0.0), 1.0, 0.0, 1.0);  // (depth, coverage): resolved sums / coverage
 }
 """
 
