@@ -90,9 +90,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
     from viewer.viser_scene import ViserScene
 
     warning = exposure_warning(host, share)
-    if warning:
-        logging.getLogger("vantage").warning(warning)
-        print(f"WARNING: {warning}", file=sys.stderr)
+    if warning:  # printed, not logged: it must show even when logging is not configured
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     backend = backend or Backend.load(checkpoints, device=device)
     scene = ViserScene(backend, host="127.0.0.1", port=0)
     demo = build_demo(backend, exposed_warning=warning)

@@ -10,6 +10,7 @@ stale work instead of queueing behind it.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -111,6 +112,8 @@ class SessionStore:
 
     def __init__(self, root: str | Path | None = None, ttl_s: float = SESSION_TTL_S):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="vantage-"))
+        if root is None:  # our own temp root goes away with the process, even without close_all()
+            atexit.register(shutil.rmtree, self.root, True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self._sessions: dict[str, Session] = {}

@@ -134,7 +134,8 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
     """The whole page; handler functions are reachable by ``api_name`` for gradio_client."""
     h = Handlers(backend)
     nvs_on, recon_on = backend.nvs_ready, backend.recon_ready
-    with gr.Blocks(title="Vantage: one photo to novel views and 3D") as demo:
+    # delete_cache: Gradio's own copies of outputs/uploads older than an hour are removed hourly
+    with gr.Blocks(title="Vantage: one photo to novel views and 3D", delete_cache=(3600, 3600)) as demo:
         demo.handlers = h  # for tests
         token = gr.State("", delete_callback=backend.sessions.close)  # tab closed -> files removed
         gr.Markdown("# Vantage\nOne photo of an object → novel views streamed coarse to fine, "
@@ -186,7 +187,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
         lift_status = gr.Markdown("")
         with gr.Row():
             model3d = gr.Model3D(label="Mesh (GLB)", height=360, clear_color=(1, 1, 1, 1))
-            orbit = gr.Image(label="Orbit", type="filepath", height=360, interactive=False)
+            orbit = gr.Image(label="Orbit (animated)", type="filepath", height=360, interactive=False)
         downloads = gr.File(label="Downloads (GLB, PLY, OBJ)", file_count="multiple", interactive=False)
 
         demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session")
