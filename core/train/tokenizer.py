@@ -1,0 +1,328 @@
+"""Train the multi-scale VQ tokenizer.
+
+    python -m core.train tokenizer --data /work/data/corpus --out /work/runs/tokenizer [--config cfg.json]
+        [--steps N] [--batch-size B] [--resume] [--max-minutes M] [--latest DIR]
+
+Losses for white-background renders: L1 + L2 on pixels, an L1 on image gradients (keeps
+edges sharp against the flat white), plus VAR's VQ loss (commitment beta = 0.25). Codebook
+health: code hits are counted over a window of steps; codes not hit in a window are
+restarted from residual vectors the encoder just produced. Checkpoints are folders
+(config.json + model.safetensors + optimizer.safetensors + trainer_state.json), written
+atomically, so a crash never leaves a half checkpoint and ``--resume`` restores step,
+optimizer and schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from core.checkpoint import CheckpointError, config_from_dict, load_config
+from core.data.io import DataError, list_objects, load_image, view_ids
+from core.metrics import psnr
+from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
+
+
+# ----------------------------------------------------------------------------- data
+
+def image_paths(root, split: str | None) -> list[Path]:
+    objs = list_objects(root, split)
+    return [o / f"{v}.png" for o in objs for v in view_ids(o)]
+
+
+def load_uint8(paths: list[Path], size: int, desc: str = "images") -> torch.Tensor:
+    """All images as one uint8 tensor [N,3,S,S] (composited on white, area-resized): the corpus is
+    small enough to keep in memory, which makes CPU training I/O-free."""
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, p in enumerate(tqdm(paths, desc=f"loading {desc}", leave=False, mininterval=5)):
+        out[i] = torch.from_numpy(np.asarray(load_image(p, size))).permute(2, 0, 1)
+    return out
+
+
+def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
+    return batch_u8.float().div_(127.5).sub_(1.0)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between finite-difference image gradients (edge sharpness without a perceptual net)."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+    return F.l1_loss(dx(a), dx(b)) + F.l1_loss(dy(a), dy(b))
+
+
+def recon_loss(rec, x, w_l2: float, w_grad: float):
+    rec = rec.float()
+    l1, l2, g = F.l1_loss(rec, x), F.mse_loss(rec, x), grad_l1(rec, x)
+    return l1 + w_l2 * l2 + w_grad * g, {"l1": l1.item(), "l2": l2.item(), "grad": g.item()}
+
+
+# ----------------------------------------------------------------------------- codebook health
+
+class CodebookMonitor:
+    """Counts code hits over a window of steps; at the end of each window restarts dead codes
+    from random residual vectors of the current batch (+ small noise) and clears their Adam state."""
+
+    def __init__(self, vocab: int, window: int):
+        self.vocab, self.window, self.hits, self.steps = vocab, window, torch.zeros(vocab), 0
+        self.last_usage = 0.0
+
+    def update(self, idxs) -> None:
+        for idx in idxs:
+            self.hits += torch.bincount(idx.flatten().cpu(), minlength=self.vocab).float()
+        self.steps += 1
+
+    @torch.no_grad()
+    def maybe_restart(self, model, seen, optimizer) -> int | None:
+        if self.steps < self.window:
+            return None
+        dead = (self.hits == 0).nonzero().flatten()
+        self.last_usage = 1.0 - len(dead) / self.vocab
+        self.hits.zero_()
+        self.steps = 0
+        if len(dead) == 0:
+            return 0
+        pool = torch.cat([s.detach().float() for s in seen], 0)
+        pool = pool[pool.norm(dim=1) > 1e-6]  # residuals that are not already exactly zero
+        if len(pool) == 0:
+            return 0
+        pick = pool[torch.randint(len(pool), (len(dead),))]
+        w = model.quantize.embedding.weight
+        dead = dead.to(w.device)
+        w.data[dead] = pick.to(w.device) + 0.01 * pick.std() * torch.randn_like(pick).to(w.device)
+        st = optimizer.state.get(w, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                st[k][dead] = 0
+        return len(dead)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adam state as flat named tensors (safetensors; never a pickle)."""
+    out = {}
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        for k, v in opt.state.get(p, {}).items():
+            out[f"{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(float(v))).detach().cpu().contiguous()
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], device) -> None:
+    params = opt.param_groups[0]["params"]
+    for name, t in tensors.items():
+        i, k = name.split(".", 1)
+        p = params[int(i)]
+        if k != "step" and t.shape != p.shape:
+            raise CheckpointError(f"optimizer.safetensors: {name} has shape {tuple(t.shape)}, parameter {tuple(p.shape)}")
+        opt.state[p][k] = t.to(device if k != "step" else "cpu")
+
+
+def write_folder(folder: Path, model, opt, state: dict) -> None:
+    """Write a complete checkpoint into a temp folder, then swap it in (readers never see half)."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if opt is not None:
+        save_file(optimizer_tensors(opt), str(tmp / "optimizer.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def validate(model, images_u8: torch.Tensor, batch: int = 16) -> dict:
+    model.eval()
+    ps, hits = [], torch.zeros(model.config.vocab_size)
+    for i in range(0, len(images_u8), batch):
+        x = to_float(images_u8[i:i + batch]).to(model.device)
+        idx = model.encode_indices(x)
+        for t in idx:
+            hits += torch.bincount(t.flatten().cpu(), minlength=len(hits)).float()
+        rec = model.decode_indices(idx)
+        for r, g in zip(rec, x):
+            ps.append(psnr(((r + 1) / 2).permute(1, 2, 0).cpu().numpy(), ((g + 1) / 2).permute(1, 2, 0).cpu().numpy()))
+    model.train()
+    return {"val_psnr": float(np.mean(ps)), "val_usage": float((hits > 0).float().mean())}
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_config(arg: str | None) -> TokenizerConfig:
+    if not arg:
+        return TokenizerConfig()
+    if arg == "var_published":
+        return TokenizerConfig.var_published()
+    p = Path(arg)
+    data = json.loads(p.read_text()) if p.is_file() else json.loads(arg)
+    return config_from_dict(TokenizerConfig, data, source=str(arg))
+
+
+def lr_at(step: int, progress: float, base: float, warmup: int) -> float:
+    """Linear warm-up, constant, then a cosine to 10% over the last 30% of the run (by steps or time)."""
+    w = min(1.0, (step + 1) / max(1, warmup))
+    if progress <= 0.7:
+        return base * w
+    t = min(1.0, (progress - 0.7) / 0.3)
+    return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.train tokenizer", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="dataset root (train/ is used; val/ for validation) or folder of objects")
+    ap.add_argument("--out", required=True, help="run folder: ckpt-latest/, best/, metrics.jsonl")
+    ap.add_argument("--config", help="TokenizerConfig as a JSON file or string, or 'var_published'")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop (and end the lr schedule) after this wall time")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--w-l2", type=float, default=1.0)
+    ap.add_argument("--w-grad", type=float, default=0.5)
+    ap.add_argument("--restart-window", type=int, default=50, help="steps per codebook-usage window")
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument("--val-every", type=int, default=250)
+    ap.add_argument("--val-images", type=int, default=96)
+    ap.add_argument("--max-images", type=int, default=40000, help="cap on training images held in memory")
+    ap.add_argument("--latest", help="also mirror each checkpoint to this folder (e.g. for other jobs)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="autocast; auto = on for CUDA only")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(a.device)
+    use_bf16 = a.bf16 == "on" or (a.bf16 == "auto" and dev.type == "cuda")
+
+    latest = out / "ckpt-latest"
+    state = {"step": 0, "elapsed_s": 0.0, "best_val_psnr": -1.0, "images_seen": 0}
+    try:
+        if a.resume and (latest / "trainer_state.json").is_file():
+            cfg = config_from_dict(TokenizerConfig, load_config(latest), source=str(latest / "config.json"))
+        else:
+            cfg = parse_config(a.config)
+        paths = image_paths(a.data, "train")
+        val_paths = image_paths(a.data, "val") if (Path(a.data) / "val").is_dir() else []
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not paths:
+        print(f"error: {a.data}: no training images", file=sys.stderr)
+        return 2
+    rng = random.Random(a.seed)
+    if len(paths) > a.max_images:
+        paths = rng.sample(paths, a.max_images)
+    val_paths = random.Random(1).sample(val_paths, min(a.val_images, len(val_paths)))
+    train_u8 = load_uint8(paths, cfg.resolution, "train")
+    val_u8 = load_uint8(val_paths, cfg.resolution, "val") if val_paths else None
+    print(f"train images {len(train_u8)}, val images {0 if val_u8 is None else len(val_u8)}, "
+          f"config {json.dumps(cfg.to_dict())}", flush=True)
+
+    model = MultiScaleVQVAE(cfg).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if a.resume and (latest / "trainer_state.json").is_file():
+        from core.checkpoint import load_into
+        load_into(model, latest)
+        load_optimizer_tensors(opt, load_file(str(latest / "optimizer.safetensors")), dev)
+        state.update(json.loads((latest / "trainer_state.json").read_text()))
+        print(f"resumed from {latest} at step {state['step']}", flush=True)
+    print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, bf16 autocast {use_bf16}, "
+          f"threads {a.threads}", flush=True)
+
+    mon = CodebookMonitor(cfg.vocab_size, a.restart_window)
+    log = open(out / "metrics.jsonl", "a")
+    t_start, el0, t_ckpt = time.time(), state["elapsed_s"], time.time()
+
+    def save(folder: Path):
+        state["elapsed_s"] = el0 + time.time() - t_start
+        write_folder(folder, model, opt, state)
+
+    bar = tqdm(total=a.steps, initial=state["step"], desc="tokenizer", mininterval=10)
+    while state["step"] < a.steps:
+        elapsed = el0 + time.time() - t_start
+        if a.max_minutes and elapsed > a.max_minutes * 60:
+            break
+        progress = max(state["step"] / a.steps, elapsed / (a.max_minutes * 60) if a.max_minutes else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(state["step"], progress, a.lr, a.warmup)
+        sel = torch.randint(len(train_u8), (a.batch_size,))
+        x = to_float(train_u8[sel])
+        flip = torch.rand(len(x)) < 0.5
+        x[flip] = x[flip].flip(-1)
+        x = x.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            rec, vq_loss, idxs, seen = model(x)
+        rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad)
+        loss = rl + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        mon.update(idxs)
+        restarted = mon.maybe_restart(model, seen, opt)
+        state["step"] += 1
+        state["images_seen"] += len(x)
+        bar.update(1)
+        rec_psnr = 10 * math.log10(4.0 / max(parts["l2"], 1e-10))
+        rec_item = {"step": state["step"], "loss": loss.item(), "vq": vq_loss.item(), **parts,
+                    "train_psnr": rec_psnr, "lr": opt.param_groups[0]["lr"],
+                    "elapsed_s": round(el0 + time.time() - t_start, 1)}
+        if restarted is not None:
+            rec_item.update(usage_window=mon.last_usage, restarted=restarted)
+        if state["step"] % a.val_every == 0 and val_u8 is not None:
+            rec_item.update(validate(model, val_u8))
+            if rec_item["val_psnr"] > state["best_val_psnr"]:
+                state["best_val_psnr"] = rec_item["val_psnr"]
+                save(out / "best")
+        if state["step"] % 10 == 0 or "val_psnr" in rec_item or restarted is not None:
+            log.write(json.dumps(rec_item) + "\n")
+            log.flush()
+            bar.set_postfix(psnr=f"{rec_psnr:.2f}", vq=f"{vq_loss.item():.4f}", use=f"{mon.last_usage:.2f}")
+        if time.time() - t_ckpt > a.ckpt_minutes * 60:
+            save(latest)
+            if a.latest:
+                write_folder(Path(a.latest), model, opt, state)
+            t_ckpt = time.time()
+    bar.close()
+    if val_u8 is not None:
+        final = validate(model, val_u8)
+        log.write(json.dumps({"step": state["step"], "final": True, **final}) + "\n")
+        print(json.dumps(final), flush=True)
+        if final["val_psnr"] > state["best_val_psnr"]:
+            state["best_val_psnr"] = final["val_psnr"]
+            save(out / "best")
+    save(latest)
+    if a.latest:
+        write_folder(Path(a.latest), model, opt, state)
+    log.close()
+    print(f"done: step {state['step']}, {state['elapsed_s'] / 60:.1f} min, checkpoint {latest}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
