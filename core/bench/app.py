@@ -199,7 +199,9 @@ def main(argv=None) -> int:
     result: dict = {"command": "python -m core.bench app " + " ".join(argv or sys.argv[1:]),
                     "checkpoints": args.checkpoints, "device": args.device, "image": Path(args.image).name,
                     "targets": {"camera_move_to_first_preview_ms": 150, "camera_move_to_final_ms": 1500,
-                                "photo_to_glb_s": 5.0}}
+                                "photo_to_glb_s": 5.0},
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                    "cpu_count": os.cpu_count()}
     rc = 1
     try:
         t = time.perf_counter()
@@ -238,6 +240,7 @@ def main(argv=None) -> int:
             r = ws.view(100.0 + 40 * i + 15, 25.0, 2.0)
             rapid.append(r["final_s"])
         ws.close()
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         result.update({"camera_move_to_first_preview": summary(firsts), "camera_move_to_final": summary(finals),
                        "frames_per_view": counts, "rapid_moves_last_to_final": summary(rapid)})
         rc = 0
