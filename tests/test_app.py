@@ -228,3 +228,17 @@ def test_abandoned_stream_does_not_block_others(handlers, tmp_path):
     next(abandoned)                                        # one preview, then never read again
     frames = list(handlers.generate(t2, 50, 20, 2.0, 0, 3, 900, 0.95))
     assert "final" in frames[-1][1] and not handlers.backend.compute.locked()
+
+
+def test_cli_flags_and_exposure_warning(capsys):
+    import app
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--device", "--checkpoints", "--share"):
+        assert flag in out
+    args = app.parse_args([])
+    assert args.host == "127.0.0.1" and not args.share
+    assert app.exposure_warning("127.0.0.1", False) is None and app.exposure_warning("localhost", False) is None
+    assert "0.0.0.0" in app.exposure_warning("0.0.0.0", False)
+    assert "public link" in app.exposure_warning("127.0.0.1", True)

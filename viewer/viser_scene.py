@@ -122,6 +122,8 @@ class ViserScene:
         gui = client.gui
         st.status = gui.add_markdown("Connecting…")
         code = gui.add_text("Session code", initial_value="", hint="Shown under the 3D view in the app")
+        home = gui.add_button("Back to the input view")
+        home.on_click(lambda _event: self._show_source(st))
 
         @code.on_update
         def _(_event) -> None:
