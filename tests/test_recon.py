@@ -158,9 +158,9 @@ def test_extract_mesh_world_frame_colours_and_coarse_to_fine():
     assert mesh.vertices[red, 1].mean() > 0.2 > mesh.vertices[~red, 1].mean()
     dense = scene.density_grid(48).numpy()
     fine = scene.density_grid(96).numpy()  # coarse-to-fine must agree with the dense field at shared nodes
-    exact = scene._density(scene._grid(96)).numpy()
+    exact = scene._density(scene._grid(97)).numpy()
     level = scene.config.mc_level
-    assert np.array_equal(fine > level, exact > level) and dense.shape == (48,) * 3
+    assert np.array_equal(fine > level, exact > level) and dense.shape == (49,) * 3 and fine.shape == (97,) * 3
 
 
 def test_extract_mesh_no_surface_is_value_error():

@@ -52,7 +52,7 @@ class TriplaneScene:
         """Like ``field`` but only queries points in occupied cells of a coarse occupancy grid
         (the CPU stand-in for nerfacc's occupancy grid): empty space costs a lookup, not an MLP."""
         if self._occ_grid is None:
-            dens = self.density_grid(48)
+            dens = self.density_grid(47)
             occ = (dens > 0.5).float()[None, None]
             self._occ_grid = F.max_pool3d(occ, 5, 1, 2)[0, 0] > 0  # dilated: samples near a surface still count
         res, r = self._occ_grid.shape[0], self.config.box_radius
@@ -85,7 +85,7 @@ class TriplaneScene:
         n = n_samples or self.config.n_samples
         if self.device.type == "cuda":
             if self._occ is None:
-                self._occ = OccupancyRenderer(self.density_grid(64), self.config.box_radius, threshold=0.5)
+                self._occ = OccupancyRenderer(self.density_grid(63), self.config.box_radius, threshold=0.5)
             rgb, op, dep = self._occ.render(self.field, o, d, n)
         else:
             rgb, op, dep = dense_render(self.sparse_field, o, d, self.config.box_radius, n, chunk=4096)
@@ -115,26 +115,35 @@ class TriplaneScene:
 
     @torch.no_grad()
     def density_grid(self, resolution: int = 256, level: float | None = None) -> torch.Tensor:
-        """Density on a res^3 grid over the box (canonical axes, ``[x, y, z]`` indexing).
+        """Density at the (resolution+1)^3 nodes of a resolution^3-cell grid over the box
+        (canonical axes, ``[x, y, z]`` indexing).
 
-        Coarse to fine: the field is queried exactly on a quarter-resolution grid, and at full
-        resolution only near coarse cells whose neighbourhood straddles ``level``; elsewhere the
-        coarse grid's trilinear upsampling is used, which lies on the same side of ``level``, so
-        marching cubes sees the same surface at a fraction of the cost."""
+        Coarse to fine: the field is queried exactly at every 4th node; then, only inside coarse
+        cells whose 8 corners straddle ``level``, at every node. Other nodes take their coarse
+        cell's corner value, which lies on the same side of ``level``, so marching cubes finds
+        the same surface (up to features thinner than a coarse cell) at a fraction of the cost."""
         level = self.config.mc_level if level is None else level
-        coarse_res = max(16, resolution // 4)
-        if resolution <= 64:
-            return self._density(self._grid(resolution))
-        coarse = self._density(self._grid(coarse_res))
+        n = resolution + 1
+        if resolution <= 64 or resolution % 4:
+            return self._density(self._grid(n))
+        step = 4
+        coarse = self._density(self._grid(resolution // step + 1))  # = fine nodes 0, 4, ..., resolution
         inside = (coarse > level).float()[None, None]
-        band = (F.max_pool3d(inside, 3, 1, 1) > 0) & (F.max_pool3d(1 - inside, 3, 1, 1) > 0)
-        fine = F.interpolate(coarse[None, None], size=(resolution,) * 3, mode="trilinear", align_corners=True)[0, 0]
-        mask = F.interpolate(band.float(), size=(resolution,) * 3, mode="nearest")[0, 0] > 0
-        idx = mask.nonzero(as_tuple=True)
-        if idx[0].numel():
+        cell_any = F.max_pool3d(inside, 2, 1)[0, 0] > 0
+        cell_all = -F.max_pool3d(-inside, 2, 1)[0, 0] > 0
+        band = cell_any & ~cell_all  # coarse cells crossing the surface
+        idx = (torch.arange(n, device=self.device) // step).clamp(max=coarse.shape[0] - 1)
+        fine = coarse[idx[:, None, None], idx[None, :, None], idx[None, None, :]]
+        cells = band.nonzero()  # [M, 3] coarse cells; refine their (step+1)^3 nodes each
+        if len(cells):
+            o = torch.arange(step + 1, device=self.device)
+            off = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
+            nodes = (cells[:, None, :] * step + off[None]).reshape(-1, 3)
+            nodes = torch.unique(((nodes[:, 0] * n) + nodes[:, 1]) * n + nodes[:, 2])
+            ijk = (nodes // (n * n), (nodes // n) % n, nodes % n)
             r = self.config.box_radius
-            pts = torch.stack(idx, dim=-1).float() * (2 * r / (resolution - 1)) - r
-            fine[idx] = self._density(pts)
+            pts = torch.stack(ijk, dim=-1).float() * (2 * r / resolution) - r
+            fine[ijk] = self._density(pts)
         return fine
 
     @torch.no_grad()
@@ -145,7 +154,7 @@ class TriplaneScene:
         if not isinstance(resolution, int) or not 8 <= resolution <= 1024:
             raise MeshError(f"resolution must be an int in [8, 1024], got {resolution!r}")
         level = self.config.mc_level if level is None else float(level)
-        grid = self.density_grid(resolution, level).float().cpu().numpy()
+        grid = self.density_grid(resolution, level).float().cpu().numpy()  # resolution^3 cells
         r = self.config.box_radius
         verts, faces = marching_cubes(grid, level, (-r, r))
         _, rgb = self.field(torch.from_numpy(verts).to(self.device))
@@ -158,13 +167,28 @@ class TriplaneScene:
 
 
 def _drop_floaters(mesh: trimesh.Trimesh, min_fraction: float = 0.05) -> trimesh.Trimesh:
-    """Remove small disconnected blobs (stray density) but keep every sizeable part."""
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
+    """Remove small disconnected blobs (stray density) but keep every sizeable part.
+
+    Connected components of the vertex graph via scipy (trimesh's split is much slower)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f = mesh.faces
+    nv = len(mesh.vertices)
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    n, label = connected_components(coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(nv, nv)),
+                                    directed=False)
+    if n <= 1:
         return mesh
-    sizes = np.array([len(p.faces) for p in parts])
-    keep = [p for p, n in zip(parts, sizes) if n >= min_fraction * sizes.max()]
-    return trimesh.util.concatenate(keep) if len(keep) > 1 else keep[0]
+    face_label = label[f[:, 0]]
+    counts = np.bincount(face_label, minlength=n)
+    keep = np.isin(face_label, np.flatnonzero(counts >= min_fraction * counts.max()))
+    if keep.all():
+        return mesh
+    out = trimesh.Trimesh(mesh.vertices, f[keep], vertex_colors=mesh.visual.vertex_colors, process=False)
+    out.remove_unreferenced_vertices()
+    return out
 
 
 def save_orbit(frames: list[Image.Image], path: str | Path, fps: int = 12) -> Path:

@@ -30,22 +30,47 @@ from core.recon.render import dense_render
 # ----------------------------------------------------------------------------- data
 
 class ViewCache:
-    """All views of all objects at one resolution, in memory (uint8 images, uint8 masks, fp16 depth)."""
+    """All views of all objects at one resolution, in memory (uint8 images, uint8 masks, fp16 depth).
 
-    def __init__(self, root, size: int, split: str | None, max_objects: int | None = None, log=print):
-        objs = index_objects(root, split, min_views=2, report=log)[:max_objects]
-        if not objs:
+    ``refresh()`` adds objects that appeared since: with ``growing`` (a corpus still being built)
+    only folders with ``meta.json``, which the corpus writer writes last, count as complete."""
+
+    def __init__(self, root, size: int, split: str | None, max_objects: int | None = None, log=print,
+                 growing: bool = False):
+        self.root, self.size, self.split, self.max_objects, self.log = root, size, split, max_objects, log
+        self.growing = growing
+        self.objects, self._seen = [], set()
+        self.refresh()
+        if not self.objects:
             raise SystemExit(f"{root}: no usable objects (split={split})")
-        self.size, self.objects = size, []
+
+    def refresh(self) -> int:
+        try:
+            objs = index_objects(self.root, self.split, min_views=2)
+        except Exception as e:  # a folder mid-write: try again next time
+            self.log(f"refresh: {e}")
+            return 0
+        added = 0
         for o in objs:
-            views = [read_view(o.folder, v, size, fov_deg=o.fov_deg) for v in o.views]
+            if self.max_objects is not None and len(self.objects) >= self.max_objects:
+                break
+            if o.folder in self._seen or (self.growing and not (o.folder / "meta.json").is_file()):
+                continue
+            self._seen.add(o.folder)
+            try:
+                views = [read_view(o.folder, v, self.size, fov_deg=o.fov_deg) for v in o.views]
+            except Exception as e:  # noqa: BLE001 - one bad object must not stop a long run
+                self.log(f"skipped {o.folder}: {e}")
+                continue
             rgb = np.stack([np.asarray(v.image) for v in views])
             alpha = np.stack([v.alpha if v.alpha is not None else
                               ((255 - np.asarray(v.image, np.int16)).max(-1) > 6).astype(np.float32) for v in views])
             depth = np.stack([v.depth for v in views]).astype(np.float16) if all(v.depth is not None for v in views) else None
             self.objects.append({"name": o.folder.name, "rgb": rgb, "alpha": (alpha * 255).round().astype(np.uint8),
                                  "depth": depth, "w2c": np.stack([v.w2c for v in views]), "fov": o.fov_deg})
-        log(f"cached {len(self.objects)} objects from {root} ({split or 'all'}) at {size}px")
+            added += 1
+        self.log(f"cached {len(self.objects)} objects (+{added}) from {self.root} ({self.split or 'all'}) at {self.size}px")
+        return added
 
     def elevation_stats(self) -> tuple[float, float]:
         els = [cameras.spherical_from_pose(o["w2c"][0])[1:] for o in self.objects]
@@ -187,6 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--growing", action="store_true", help="--data is still being built: use objects with meta.json "
+                    "and re-scan every --refresh-every steps until its READY file appears")
+    ap.add_argument("--refresh-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on for CUDA)")
     ap.add_argument("--seed", type=int, default=0)
@@ -204,9 +232,9 @@ def main(argv=None) -> int:
         cfg = config_from_dict(ReconConfig, load_config(out), source=str(out / "config.json"))
     else:
         cfg = ReconConfig(**json.loads(args.config)) if args.config else ReconConfig()
-    train = ViewCache(args.data, cfg.image_size, "train", args.max_objects)
+    train = ViewCache(args.data, cfg.image_size, "train", args.max_objects, growing=args.growing)
     try:
-        val = ViewCache(args.data, cfg.image_size, "val", 8)
+        val = ViewCache(args.data, cfg.image_size, "val", 8, growing=args.growing)
     except SystemExit:
         val = None
     if not resuming:  # the single-photo default camera follows the corpus's first views
@@ -250,6 +278,8 @@ def main(argv=None) -> int:
         bar.set_postfix(loss=f"{L['loss'].item():.4f}", psnr=f"{L['psnr'].item():.2f}", mask=f"{L['mask'].item():.4f}",
                         depth=f"{L['depth'].item():.3f}", refresh=False)
         done = step + 1
+        if args.growing and done % args.refresh_every == 0 and len(train.objects) < (args.max_objects or 1 << 30):
+            train.refresh()
         if done % args.val_every == 0 and val is not None:
             vp = quick_val(model, val, cfg.n_samples)
             print(f"\nstep {done}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
