@@ -239,7 +239,7 @@ uniform mat3 cam_rot;
 in vec3 v_normal; in vec4 v_color; centroid in vec2 v_uv; centroid in vec3 v_cam;  // centroid: MSAA edge pixels
 // are shaded inside the triangle, so depth and texture are never extrapolated
 layout(location = 0) out vec4 f_color;
-layout(location = 1) out vec4 f_depth;
+layout(location = 1) out uint f_depth;
 void main() {
     vec4 base = v_color;
     if (use_tex) {
@@ -257,7 +257,7 @@ void main() {
     float light = ambient;
     for (int i = 0; i < 3; ++i) light += light_k[i] * max(dot(n, light_dir[i]), 0.0);
     f_color = vec4(clamp(base.rgb * light, 0.0, 1.0), 1.0);
-    f_depth = vec4(max(-v_cam.z, 0.0), 1.0, 0.0, 1.0);  // (depth, coverage): resolved sums / coverage
+    f_depth = floatBitsToUint(max(-v_cam.z, 0.0));  // integer: the MSAA resolve picks one sample, never a blend
 }
 """
 
@@ -301,9 +301,9 @@ class Renderer:
         self.prog = self.ctx.program(vertex_shader=_VERT, fragment_shader=_FRAG)
         s = (self.size, self.size)
         self.msaa = self.ctx.framebuffer(
-            [self.ctx.renderbuffer(s, 4, samples=samples), self.ctx.renderbuffer(s, 4, samples=samples, dtype="f4")],
+            [self.ctx.renderbuffer(s, 4, samples=samples), self.ctx.renderbuffer(s, 1, samples=samples, dtype="u4")],
             self.ctx.depth_renderbuffer(s, samples=samples))
-        self.resolved = self.ctx.framebuffer([self.ctx.renderbuffer(s, 4), self.ctx.renderbuffer(s, 4, dtype="f4")])
+        self.resolved = self.ctx.framebuffer([self.ctx.renderbuffer(s, 4), self.ctx.renderbuffer(s, 1, dtype="u4")])
         self.white = self.ctx.texture((1, 1), 4, bytes([255, 255, 255, 255]))
         dirs = [np.asarray(d, np.float64) / np.linalg.norm(d) for d, _ in LIGHTS]
         self.prog["light_dir"].value = [tuple(d.tolist()) for d in dirs]
@@ -359,12 +359,11 @@ class Renderer:
         self.ctx.copy_framebuffer(self.resolved, self.msaa)
         s = self.size
         rgba = np.frombuffer(self.resolved.read(components=4, attachment=0), np.uint8).reshape(s, s, 4)[::-1]
-        dep = np.frombuffer(self.resolved.read(components=2, attachment=1, dtype="f4"), np.float32).reshape(s, s, 2)[::-1]
+        depth = np.frombuffer(self.resolved.read(components=1, attachment=1, dtype="u4"), np.uint32)
+        depth = depth.view(np.float32).reshape(s, s)[::-1].copy()  # one real surface sample per pixel
         a = rgba[..., 3:4].astype(np.float32) / 255.0
         rgb = rgba[..., :3].astype(np.float32) + (1.0 - a) * 255.0  # premultiplied over white
         alpha = rgba[..., 3].copy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            depth = np.where(dep[..., 1] > 0, dep[..., 0] / dep[..., 1], 0.0).astype(np.float32)
         image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), "RGB")
         return RenderResult(image, alpha, depth)
 
