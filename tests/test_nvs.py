@@ -18,7 +18,7 @@ from core.nvs.pipeline import tokenizer_fingerprint
 from core.nvs.sampling import filter_logits
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
 
-TOK_CFG = dict(resolution=32, ch=16, ch_mult=(1, 2, 2, 2), norm_groups=8, vocab_size=64, latent_dim=8,
+TOK_CFG = dict(resolution=32, patch_size=4, ch=16, ch_mult=(1, 2), norm_groups=8, vocab_size=64, latent_dim=8,
                patch_nums=(1, 2, 4), num_res_blocks=1)
 
 
@@ -269,7 +269,7 @@ def test_import_archonview(tmp_path):
     from core.nvs.importer import import_archonview
     sd = archonview_state_dict(depth=2)
     torch.save({"trainer": {"var_wo_ddp": sd}, "epoch": 3}, tmp_path / "ar.pth")
-    tcfg = TokenizerConfig(resolution=128, ch=16, ch_mult=(1, 1, 2, 2, 2), norm_groups=8, vocab_size=4096,
+    tcfg = TokenizerConfig(resolution=128, patch_size=4, ch=16, ch_mult=(1, 2, 2), norm_groups=8, vocab_size=4096,
                            latent_dim=32, patch_nums=(1, 2, 3, 4, 5, 6, 8),
                            num_res_blocks=1)
     vae = MultiScaleVQVAE(tcfg)

@@ -23,8 +23,9 @@ from core.data.io import DataError, index_objects, read_view
 def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = None, seed: int = 0,
              cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0,
              zero_pose: bool = True, max_views: int | None = None, progress: bool = False, split: str | None = "val",
-             batch: int = 12) -> dict:
-    """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data``."""
+             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4) -> dict:
+    """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data``; when ``figure_rows``
+    is a list, (source, [(generated, ground truth), ...]) of the first objects are appended."""
     objs = index_objects(Path(data), split)  # a plain folder of objects has no split: all of it
     objs = objs[:max_objects] if max_objects else objs
     if not objs:
@@ -63,6 +64,8 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
             rec["zero_pose_psnr"] = metrics.psnr(z, src.image)
             Z.append(rec["zero_pose_psnr"])
         per[o.folder.name] = rec
+        if figure_rows is not None and len(figure_rows) < figure_objects:
+            figure_rows.append((src.image, [(p, g.image) for p, g in zip(preds, gts)]))
         P += ps
         S += ss
         BP += bp
@@ -78,6 +81,24 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
                        "temperature": temperature, "resolution": R}
     out["per_object"] = per
     return out
+
+
+def make_figure(rows, path, max_views: int = 4) -> None:
+    """Grid: each row is one object: source, then generated / ground-truth pairs."""
+    from PIL import Image, ImageDraw
+    R = rows[0][0].size[0]
+    cols = 1 + 2 * min(max_views, max(len(r[1]) for r in rows))
+    fig = Image.new("RGB", (cols * R, len(rows) * R + 14), "white")
+    d = ImageDraw.Draw(fig)
+    for j, name in enumerate(["source"] + ["generated", "ground truth"] * ((cols - 1) // 2)):
+        d.text((j * R + 3, 1), name, fill=(0, 0, 0))
+    for i, (src, pairs) in enumerate(rows):
+        fig.paste(src, (0, 14 + i * R))
+        for k, (p, g) in enumerate(pairs[:max_views]):
+            fig.paste(p, ((1 + 2 * k) * R, 14 + i * R))
+            fig.paste(g, ((2 + 2 * k) * R, 14 + i * R))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.save(path)
 
 
 def main(argv=None) -> int:
@@ -98,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-zero-pose", action="store_true", help="skip the zero-relative-pose reproduction check")
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
+    ap.add_argument("--figure", default=None, help="also write a PNG grid of source / generated / ground truth")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
@@ -105,11 +127,15 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from core.nvs import NVSPipeline
+    rows = [] if a.figure else None
     try:
         pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer, device=a.device,
                                            clip_weights=a.clip_weights)
         res = evaluate(pipe, a.data, a.source_view, a.max_objects, a.seed, a.cfg, a.top_k, a.top_p, a.temperature,
-                       zero_pose=not a.no_zero_pose, max_views=a.max_views, progress=True, split=a.split)
+                       zero_pose=not a.no_zero_pose, max_views=a.max_views, progress=True, split=a.split,
+                       figure_rows=rows)
+        if a.figure and rows:
+            make_figure(rows, a.figure)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -79,6 +80,14 @@ def check_pair(cfg: NVSConfig, tok, check_hash: bool = True) -> None:
         raise CheckpointError("mismatched tokenizer/NVS pair: " + "; ".join(bad))
 
 
+def _pairs(cfg: NVSConfig, tok) -> bool:
+    try:
+        check_pair(cfg, tok)
+        return True
+    except CheckpointError:
+        return False
+
+
 class NVSPipeline:
     def __init__(self, model: NVSTransformer, tokenizer, device="cpu", embedder=None, autocast: bool | None = None):
         check_pair(model.config, tokenizer)
@@ -96,6 +105,7 @@ class NVSPipeline:
         # bf16 autocast: measured faster on CPUs with AVX-512 bf16 and on GPUs; off = exact fp32
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         self._uncond_kv: list[KV] | None = None
+        self.fast_previews = True  # coarse previews decoded at a lower grid (see decode_preview)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -111,6 +121,11 @@ class NVSPipeline:
                 raise CheckpointError(f"tokenizer checkpoint not found at {' or '.join(map(str, cands))} "
                                       "(pass tokenizer=<folder>)")
             tok = MultiScaleVQVAE.from_pretrained(tok_dir, device=device)
+            bundled = folder / "tokenizer"
+            if tok_dir != bundled and (bundled / "config.json").is_file() and not _pairs(model.config, tok):
+                # a checkpoint that ships the tokenizer it was trained with wins over a retrained one
+                warnings.warn(f"{tok_dir} does not match {folder}; using the tokenizer bundled at {bundled}")
+                tok = MultiScaleVQVAE.from_pretrained(bundled, device=device)
         else:
             tok = tokenizer
         embedder = None
@@ -209,6 +224,21 @@ class NVSPipeline:
     def decode(self, f_hat: torch.Tensor) -> list[Image.Image]:
         return [tensor_to_image(x) for x in self.tok.decode_fhat(f_hat.float()).float()]
 
+    @torch.no_grad()
+    def decode_preview(self, f_hat: torch.Tensor, pn: int) -> Image.Image:
+        """A coarse scale holds at most pn x pn detail: decode f_hat area-downsampled to a
+        grid of G/4 (pn <= G/4) or G/2 (pn <= G/2), 16x / 4x cheaper, then upsample. Finer
+        scales (and ``fast_previews=False``) decode the full map."""
+        G = f_hat.shape[-1]
+        g = G if (not self.fast_previews or pn > G // 2) else (G // 4 if pn <= G // 4 else G // 2)
+        dec, pq = getattr(self.tok, "decoder", None), getattr(self.tok, "post_quant_conv", None)
+        if g == G or g < 2 or dec is None or pq is None:
+            return self.decode(f_hat)[0]
+        small = torch.nn.functional.interpolate(f_hat.float(), size=(g, g), mode="area")
+        img = dec(pq(small)).float()
+        img = torch.nn.functional.interpolate(img, size=(self.resolution,) * 2, mode="bicubic", align_corners=False)
+        return tensor_to_image(img[0].clamp(-1, 1))
+
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
                cancel: Callable[[], bool] | None = None, temperature: float = 1.0) -> Iterator[Frame]:
@@ -224,7 +254,7 @@ class NVSPipeline:
             sample_s += time.perf_counter() - t
             if si + 1 in keep:
                 t = time.perf_counter()
-                img = self.decode(f_hat)[0]
+                img = self.decode(f_hat)[0] if si + 1 == S else self.decode_preview(f_hat, self.model.config.patch_nums[si])
                 decode_s += time.perf_counter() - t
                 yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
                             {"sample_s": sample_s, "decode_s": decode_s})

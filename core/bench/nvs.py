@@ -1,0 +1,155 @@
+"""`python -m core.bench nvs --checkpoint checkpoints/nvs [--out FILE.json]`
+
+Side by side, in one run, at the checkpoint's size (medians over --repeats):
+time to first preview, per-scale time and full view time (streaming, previews decoded);
+AR sampling with vs without the KV cache; 8 target cameras with the source prefix
+encoded once and reused vs re-encoded per camera (and one batch of 8); the same
+transformer run as a 25- and 50-step diffusion denoiser over the same token grid (the
+peer ArchonView compares against; weights do not matter for timing); fp32 vs bf16
+autocast. Ratios > 1 mean the first-named path is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _median(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, oneDNN kernels)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _source(data: str | None, size: int):
+    from core import cameras
+    from core.data.io import index_objects, read_view
+    if data:
+        o = index_objects(data, "val")[0]
+        v = read_view(o.folder, o.views[0], size)
+        return v.image, v.w2c
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(img).ellipse((size // 4, size // 5, 3 * size // 4, 4 * size // 5), fill=(180, 60, 40))
+    return img, cameras.pose_from_spherical(0, 20, 2.0)
+
+
+@torch.no_grad()
+def diffusion_peer(pipe, handle, target, steps: int) -> None:
+    """``steps`` denoiser passes of the same transformer over the final G x G token grid at once
+    (bidirectional, CFG-doubled batch, prefix cached), then one decode: the cost shape of a
+    latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680)."""
+    m = pipe.model
+    _, cond, uncond, prefix_kv = pipe._prepare(handle, None, [target], cfg=3.0)
+    c = torch.cat((cond, uncond))
+    kv = prefix_kv()
+    G = m.config.patch_nums[-1]
+    book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
+    x = torch.randn(2, G * G, m.config.latent_dim)
+    for _ in range(steps):
+        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), c, kv)
+        logits = m.logits(h)
+        x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
+        x = torch.cat((x, x))
+    pipe.tok.decode_fhat(x[:1].transpose(1, 2).reshape(1, -1, G, G))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.bench nvs", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="checkpoints/nvs")
+    ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--data", default=None, help="take the source view from this dataset's val split")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--diffusion-repeats", type=int, default=1)
+    ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from core import cameras
+    from core.nvs import NVSPipeline
+    pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer)
+    img, src_w2c = _source(a.data, pipe.resolution)
+    targets = cameras.orbit(8, 20, float(cameras.spherical_from_pose(src_w2c)[2]), 45.0)
+    S, R = pipe.num_scales, a.repeats
+    kw = dict(seed=0, cfg=3.0, top_k=900, top_p=0.95)
+    res: dict = {"device": "cpu", "threads": a.threads, "resolution": pipe.resolution, "num_scales": S,
+                 "num_tokens": pipe.model.config.num_tokens,
+                 "params_transformer_M": sum(p.numel() for p in pipe.model.parameters()) / 1e6,
+                 "params_tokenizer_M": sum(p.numel() for p in pipe.tok.parameters()) / 1e6,
+                 "config": {k: pipe.model.config.to_dict()[k] for k in ("depth", "width", "num_heads", "vocab_size")}}
+    handle = pipe.encode_source(img, src_w2c)
+    res["encode_source_s"] = _median(lambda: pipe.encode_source(img, src_w2c), R)
+
+    def stream_once(preview=None):
+        return [(f.scale, f.elapsed_s, dict(f.timings)) for f in
+                pipe.stream(handle, None, targets[0], preview_scales=preview, **kw)]
+    runs = [stream_once() for _ in range(R + 1)][1:]
+    first = statistics.median(r[0][1] for r in runs)
+    full = statistics.median(r[-1][1] for r in runs)
+    per_scale = [statistics.median(r[i][1] - (r[i - 1][1] if i else 0.0) for r in runs) for i in range(S)]
+    res["stream_all_previews"] = {"first_preview_s": first, "full_view_s": full, "per_scale_s": per_scale,
+                                  "decode_total_s": statistics.median(r[-1][2]["decode_s"] for r in runs),
+                                  "sample_total_s": statistics.median(r[-1][2]["sample_s"] for r in runs)}
+    few = [stream_once([1, S // 2]) for _ in range(R)]
+    res["stream_previews_1_mid_last"] = {"first_preview_s": statistics.median(r[0][1] for r in few),
+                                         "full_view_s": statistics.median(r[-1][1] for r in few)}
+
+    def ar(use_cache=True):
+        for _ in pipe._scales(handle, None, [targets[0]], kw["seed"], kw["cfg"], kw["top_k"], kw["top_p"], 1.0, None,
+                              use_cache=use_cache):
+            pass
+    res["ar_sampling_kv_cache_s"] = _median(ar, R)
+    res["ar_sampling_no_kv_cache_s"] = _median(lambda: ar(False), R)
+    res["kv_cache_speedup"] = res["ar_sampling_no_kv_cache_s"] / res["ar_sampling_kv_cache_s"]
+    res["decode_s"] = _median(lambda: pipe.decode(pipe.tok.empty_fhat(1)), R)
+    res["full_view_s"] = res["ar_sampling_kv_cache_s"] + res["decode_s"]
+
+    def reuse():
+        h = pipe.encode_source(img, src_w2c)
+        for t in targets:
+            pipe.generate(h, None, [t], **kw)
+
+    def no_reuse():
+        for t in targets:
+            pipe.generate(img, src_w2c, [t], reuse_prefix=False, **kw)
+    res["8_cameras_prefix_reused_s"] = _median(reuse, max(1, R // 2))
+    res["8_cameras_prefix_reencoded_s"] = _median(no_reuse, max(1, R // 2))
+    res["prefix_reuse_speedup"] = res["8_cameras_prefix_reencoded_s"] / res["8_cameras_prefix_reused_s"]
+    res["8_cameras_one_batch_s"] = _median(lambda: pipe.generate(handle, None, targets, **kw), max(1, R // 2))
+
+    for steps in (25, 50):
+        res[f"diffusion_{steps}_steps_s"] = _median(lambda: diffusion_peer(pipe, handle, targets[0], steps),
+                                                    a.diffusion_repeats)
+        res[f"ar_vs_diffusion_{steps}_speedup"] = res[f"diffusion_{steps}_steps_s"] / res["full_view_s"]
+    if not a.no_bf16:
+        pipe.autocast = True
+        pipe._uncond_kv = None
+        h16 = pipe.encode_source(img, src_w2c)
+        res["ar_sampling_bf16_autocast_s"] = _median(
+            lambda: [None for _ in pipe._scales(h16, None, [targets[0]], 0, 3.0, 900, 0.95, 1.0, None)], R)
+        res["bf16_vs_fp32_speedup"] = res["ar_sampling_kv_cache_s"] / res["ar_sampling_bf16_autocast_s"]
+        pipe.autocast = False
+    res["targets"] = {"first_preview_le_0.1s": first <= 0.1, "full_view_le_1s": full <= 1.0,
+                      "kv_cache_ge_3x": res["kv_cache_speedup"] >= 3, "ar_vs_diffusion50_ge_8x":
+                      res["ar_vs_diffusion_50_speedup"] >= 8}
+    txt = json.dumps(res, indent=2)
+    print(txt)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(txt + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
