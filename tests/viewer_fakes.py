@@ -116,9 +116,11 @@ def tiny_real_pipelines():
     from core.recon import ReconConfig, ReconModel, ReconPipeline
     from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
     torch.manual_seed(0)
+    import dataclasses
     pn = (1, 2, 3, 4)
+    extra = {"patch_size": 1} if "patch_size" in {f.name for f in dataclasses.fields(TokenizerConfig)} else {}
     tok = MultiScaleVQVAE(TokenizerConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), patch_nums=pn, vocab_size=64,
-                                          latent_dim=8))
+                                          latent_dim=8, **extra))   # 4x down: 16 px, 4x4 grid
     nvs = NVSPipeline(NVSTransformer(NVSConfig(depth=1, width=64, num_heads=2, vocab_size=64, latent_dim=8,
                                                patch_nums=pn, resolution=16, embed_dim=32, cnn_width=16,
                                                cnn_resolution=16)), tok)
