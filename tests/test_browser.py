@@ -65,7 +65,13 @@ def test_page_gradio_and_viser(tmp_path):
             viser_frame.get_by_text("scale", exact=False).first.wait_for(timeout=30_000)
             time.sleep(1.0)
             page.screenshot(path=str(shot), full_page=True)
+            folder = run.backend.sessions.get(token).folder
+            assert folder.is_dir()
             browser.close()
+        t_end = time.time() + 30                  # tab closed -> Gradio's unload -> session files removed
+        while time.time() < t_end and folder.exists():
+            time.sleep(0.5)
+        assert not folder.exists() and run.backend.sessions.get(token) is None
         assert shot.stat().st_size > 10_000
         assert not [e for e in errors if "viser" in e.lower()], errors
     finally:

@@ -36,12 +36,20 @@ class Handlers:
         self.backend = backend
         self.read_roots = [Path(get_upload_folder()).resolve(), ASSETS.resolve()] + \
             [Path(p).resolve() for p in (extra_read_roots or [])]
+        self._by_hash: dict[str, str] = {}
 
     # ---------------------------------------------------------------- sessions
 
-    def new_session(self) -> tuple[str, str, str]:
+    def new_session(self, request: gr.Request = None) -> tuple[str, str, str]:
         s = self.backend.sessions.new()
+        if request is not None and getattr(request, "session_hash", None):
+            self._by_hash[request.session_hash] = s.token
         return s.token, viser_iframe(s.token), f"Session code for a separate Viser tab: `{s.token}`"
+
+    def end_session(self, request: gr.Request = None) -> None:
+        """Tab closed: drop the session and its files now (gr.State's own cleanup waits an hour)."""
+        token = self._by_hash.pop(getattr(request, "session_hash", None) or "", None)
+        self.backend.sessions.close(token)
 
     def _session(self, token: str):
         s = self.backend.sessions.get(token)
@@ -137,7 +145,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
     # delete_cache: Gradio's own copies of outputs/uploads older than an hour are removed hourly
     with gr.Blocks(title="Vantage: one photo to novel views and 3D", delete_cache=(3600, 3600)) as demo:
         demo.handlers = h  # for tests
-        token = gr.State("", delete_callback=backend.sessions.close)  # tab closed -> files removed
+        token = gr.State("", delete_callback=backend.sessions.close)  # backstop for end_session
         gr.Markdown("# Vantage\nOne photo of an object → novel views streamed coarse to fine, "
                     "and a 3D mesh you can download.")
         if exposed_warning:
@@ -191,6 +199,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
         downloads = gr.File(label="Downloads (GLB, PLY, OBJ)", file_count="multiple", interactive=False)
 
         demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session")
+        demo.unload(h.end_session)
         proc_inputs = [token, image_in, remove_bg, fg_ratio, elevation_in]
         image_in.change(h.process, proc_inputs, [processed, input_status], preprocess=False,
                         api_name="process", concurrency_limit=4)
