@@ -8,7 +8,8 @@ streamed view (coarse frames first, painted with ``client.scene.set_background_i
 and the last reconstructed mesh. Everything goes through ``client.scene``/``client.gui``,
 never ``server.scene``/``server.gui``, so no tab ever sees another's state. A newer
 camera move bumps a generation counter that the running stream polls: stale work stops
-after at most one scale.
+after at most one scale (once it has shown its first coarse preview, so a continuous drag
+still gets visual feedback).
 """
 from __future__ import annotations
 
@@ -241,8 +242,10 @@ class ViserScene:
             session = self.backend.sessions.get(st.token)
             if session is None or session.source is None or not self.backend.nvs_ready:
                 continue
-            stale = lambda: st.generation != gen or st.closed  # noqa: E731
             rec = {"view": view, "first_s": None, "final_s": None, "frames": 0}
+            # a superseded request still shows its first (coarse) preview, so a continuous drag
+            # follows the mouse at preview rate instead of showing nothing until the mouse stops
+            stale = lambda: st.closed or (st.generation != gen and rec["frames"] > 0)  # noqa: E731
             try:
                 for frame in self.backend.stream_view(session, *view, cancel=stale,
                                                       preview_scales=self.backend.sparse_previews()):
