@@ -32,8 +32,9 @@ from core.preprocess import ImageInputError, PreprocessResult, load_input_image,
 
 log = logging.getLogger("vantage.viewer")
 
-DEFAULT_RADIUS = 2.0           # the corpus renders objects of extent 1 from radius 2
+DEFAULT_RADIUS = 2.0           # objects of extent 1 seen from about radius 2 (as in the corpus)
 DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can correct it
+# (a loaded reconstruction model's config overrides both with the values it was trained around)
 RADIUS_RANGE = (1.2, 4.0)
 ELEVATION_RANGE = (-60.0, 80.0)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
@@ -206,6 +207,10 @@ class Backend:
             if pipe is None and name not in self.problems:
                 self.problems[name] = "not loaded"
         self.sessions = sessions if sessions is not None else SessionStore()
+        rcfg = getattr(recon, "config", None)
+        self.default_radius = clamp("default_radius", getattr(rcfg, "default_radius", DEFAULT_RADIUS), *RADIUS_RANGE)
+        self.default_elevation = clamp("default_elevation", getattr(rcfg, "default_elevation_deg", DEFAULT_ELEVATION),
+                                       *ELEVATION_RANGE)
         self.compute = threading.Lock()   # one model call at a time (see module doc)
 
     @classmethod
@@ -269,6 +274,7 @@ class Backend:
         except ImageInputError as e:
             raise UserError(f"Cannot use this image: {e}") from None
         session.source = res
+        session.radius = self.default_radius
         session.encoded, session.encoded_key = None, None
         session.generated.clear()
         session.mesh = None

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from viewer.backend import DEFAULT_ELEVATION, DEFAULT_RADIUS, ELEVATION_RANGE, RADIUS_RANGE, Backend, UserError, gpu
+from viewer.backend import ELEVATION_RANGE, RADIUS_RANGE, Backend, UserError, gpu
 
 log = logging.getLogger("vantage.viewer")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -158,7 +158,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                 with gr.Row():
                     remove_bg = gr.Checkbox(value=True, label="Remove background")
                     fg_ratio = gr.Slider(0.5, 1.0, value=0.85, step=0.01, label="Foreground ratio")
-                elevation_in = gr.Slider(*ELEVATION_RANGE, value=DEFAULT_ELEVATION, step=1,
+                elevation_in = gr.Slider(*ELEVATION_RANGE, value=round(backend.default_elevation), step=1,
                                          label="Input view elevation (estimate, degrees)",
                                          info="How far above the object the photo was taken; adjust if views look tilted.")
                 processed = gr.Image(label="Processed input", type="pil", height=256, interactive=False,
@@ -170,8 +170,8 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
             with gr.Column(scale=1):
                 gr.Markdown("### Novel view")
                 azimuth = gr.Slider(-180, 180, value=45, step=1, label="Azimuth (degrees)")
-                elevation_t = gr.Slider(-30, 80, value=DEFAULT_ELEVATION, step=1, label="Elevation (degrees)")
-                distance = gr.Slider(*RADIUS_RANGE, value=DEFAULT_RADIUS, step=0.05, label="Distance")
+                elevation_t = gr.Slider(-30, 80, value=round(backend.default_elevation), step=1, label="Elevation (degrees)")
+                distance = gr.Slider(*RADIUS_RANGE, value=round(backend.default_radius, 2), step=0.05, label="Distance")
                 with gr.Accordion("Advanced", open=False):
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance (CFG)")
