@@ -63,6 +63,22 @@ def test_page_gradio_and_viser(tmp_path):
                 time.sleep(0.2)
             assert client.frames_sent > 0, "no frame reached the browser's Viser view"
             viser_frame.get_by_text("scale", exact=False).first.wait_for(timeout=30_000)
+
+            # drag the 3D view: the browser's own camera moves and a view for the new azimuth streams in
+            box = frame_el.bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            for k in range(1, 11):
+                page.mouse.move(cx + 25 * k, cy, steps=2)
+            page.mouse.up()
+            t_end = time.time() + 60
+            while time.time() < t_end and not (client.last_request and abs(client.last_request[0]) > 5
+                                               and client.timings and client.timings[-1]["view"] == client.last_request
+                                               and client.timings[-1]["final_s"] is not None):
+                time.sleep(0.2)
+            assert client.last_request and abs(client.last_request[0]) > 5, "dragging did not move the camera"
+            assert client.timings[-1]["view"] == client.last_request and client.timings[-1]["final_s"] is not None
             time.sleep(1.0)
             page.screenshot(path=str(shot), full_page=True)
             folder = run.backend.sessions.get(token).folder
