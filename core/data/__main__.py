@@ -96,17 +96,17 @@ def main(argv=None) -> int:
             print("render: no mesh files given")
             return 1
         jobs = corpus.mesh_jobs(paths, a.up)
-        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, print), "render")
+        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, log), "render")
     if a.cmd == "procedural":
         if a.objects < 1:
             raise SystemExit("--objects must be >= 1")
         jobs = corpus.procedural_jobs(a.objects, a.seed, a.start)
         if a.val_fraction > 0:
             corpus.assign_splits(jobs, a.val_fraction, a.seed)
-        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, print), "procedural")
+        return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, log), "procedural")
     if a.cmd == "corpus":
         rep = corpus.build_corpus(a.out, a.procedural, not a.no_pybullet, a.zero_ad, a.val_fraction, a.seed,
-                                  a.workers, settings, a.limit_pybullet, log=print)
+                                  a.workers, settings, a.limit_pybullet, log=log)
         print(json.dumps({k: rep[k] for k in ("counts", "size_bytes", "seconds")}, indent=2))
         print(f"corpus: {rep['counts']['objects']} objects ({rep['counts']['train']} train, {rep['counts']['val']} val), "
               f"{rep['size_bytes'] / 2**20:.0f} MiB, {rep['seconds']:.0f} s, {rep['counts']['failed']} failed "

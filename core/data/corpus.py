@@ -10,7 +10,6 @@ meshes) + optionally Debian's ``0ad-data`` meshes, split into ``train/`` and ``v
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import re
@@ -19,13 +18,13 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core import cameras
-from core.data.render import MeshError, Part, UP_TRANSFORMS, make_asset, load_asset, parts_from_scene
+from core.data.render import MeshError, Part, make_asset, load_asset, parts_from_scene
 
 
 @dataclass

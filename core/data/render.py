@@ -20,11 +20,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from core import cameras
+
+if TYPE_CHECKING:
+    import trimesh
 
 MAX_TEXTURE = 512  # textures are shrunk to this: enough for 128-256 px renders, keeps uploads cheap
 DEFAULT_COLOR = (0.72, 0.72, 0.72, 1.0)
@@ -54,7 +58,7 @@ class Part:
 class Asset:
     """A normalised object ready to render, with its provenance for ``meta.json``."""
     parts: list[Part]
-    mesh: "trimesh.Trimesh"  # noqa: F821 - geometry in the world frame, for mesh.ply
+    mesh: "trimesh.Trimesh"  # geometry in the world frame, for mesh.ply
     source: str = ""
     licence: str | None = None
     normalisation: dict = field(default_factory=dict)
