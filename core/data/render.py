@@ -149,16 +149,19 @@ UP_TRANSFORMS = {
 }
 
 
+def _up_axis(path: Path, up: str | None) -> str:
+    return "y" if Path(path).suffix.lower() in (".glb", ".gltf") else (up or "z")
+
+
 def load_parts(path: str | Path, up: str | None = None, color: tuple | None = None) -> list[Part]:
     """Load OBJ/GLB/GLTF/PLY/STL/DAE through trimesh into world-frame (+Z up) parts.
 
-    ``up`` is the asset's up axis; default ``y`` for glTF/GLB (the format's rule), ``z`` else."""
+    ``up`` is the asset's up axis (default ``z``); glTF/GLB are always ``y`` (the format's rule)."""
     import trimesh
     path = Path(path)
     if not path.is_file():
         raise MeshError(f"{path}: missing")
-    if up is None:
-        up = "y" if path.suffix.lower() in (".glb", ".gltf") else "z"
+    up = _up_axis(path, up)
     if up not in UP_TRANSFORMS:
         raise MeshError(f"up axis must be one of {sorted(UP_TRANSFORMS)}, got {up!r}")
     try:
@@ -208,7 +211,7 @@ def make_asset(parts: list[Part], source: str = "", licence: str | None = None, 
 def load_asset(path: str | Path, up: str | None = None, licence: str | None = None) -> Asset:
     parts = load_parts(path, up)
     try:
-        return make_asset(parts, str(path), licence, up or ("y" if Path(path).suffix.lower() in (".glb", ".gltf") else "z"))
+        return make_asset(parts, str(path), licence, _up_axis(path, up))
     except MeshError as e:
         raise MeshError(f"{path}: {e}") from None
 
