@@ -229,8 +229,10 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
     assert train_main(args + ["--steps", "2"]) == 0
     state = json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())
     assert state["step"] == 2 and (tmp_path / "run" / "ckpt-latest" / "optimizer.safetensors").is_file()
-    assert train_main(args + ["--steps", "3", "--resume"]) == 0
+    # resume in online mode (each batch tokenised by the current tokenizer, which it follows)
+    assert train_main(args + ["--steps", "3", "--resume", "--online", "--follow-tokenizer", "1"]) == 0
     assert json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())["step"] == 3
+    assert (tmp_path / "run" / "tokenizer" / "config.json").is_file()  # the tokenizer travels with the model
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("val_psnr" in r for r in log) and any("acc" in r for r in log)
     out = tmp_path / "eval.json"

@@ -114,3 +114,52 @@ class PairSampler:
 def split_scales(idx: torch.Tensor, patch_nums) -> list[torch.Tensor]:
     """Concatenated indices [B, L] -> per-scale list of [B, pn*pn]."""
     return list(idx.split([p * p for p in patch_nums], dim=1))
+
+
+class OnlineSampler:
+    """Pairs read from disk and tokenised on the fly by the *current* tokenizer: training can
+    start while the tokenizer is still training (reload it with ``set_tokenizer``), at the
+    cost of encoding each batch. ``targets_per_source`` targets share one source encode."""
+
+    def __init__(self, data, split: str | None, tok, small: int = 64, zero_pose_rate: float = 0.15,
+                 targets_per_source: int = 2, seed: int | None = None, max_objects: int | None = None):
+        from core.data.io import index_objects
+        self.objects = index_objects(data, split)[:max_objects]
+        if not self.objects:
+            raise DataError(f"{data}: no object folders with at least two posed views")
+        self.tok, self.small, self.zero_pose_rate, self.k = tok, small, zero_pose_rate, targets_per_source
+        self.rng = random.Random(seed)
+
+    def pairs(self, n: int) -> list[tuple[int, int, list[int]]]:
+        out = []
+        for _ in range(max(1, n // self.k)):
+            o = self.rng.randrange(len(self.objects))
+            V = len(self.objects[o].views)
+            s = self.rng.randrange(V)
+            ts = [s if self.rng.random() < self.zero_pose_rate else self.rng.choice([v for v in range(V) if v != s])
+                  for _ in range(self.k)]
+            out.append((o, s, ts))
+        return out
+
+    @torch.no_grad()
+    def batch(self, pairs, device="cpu") -> dict[str, torch.Tensor]:
+        R = self.tok.config.resolution
+        imgs, poses, src_rows, tgt_rows = [], [], [], []
+        for o, s, ts in pairs:
+            obj = self.objects[o]
+            views = sorted({s, *ts})
+            base = len(imgs)
+            for v in views:
+                rv = read_view(obj.folder, obj.views[v], R, fov_deg=obj.fov_deg, extras=False)
+                imgs.append(image_to_tensor(rv.image))
+                poses.append(rv.w2c)
+            for t in ts:
+                src_rows.append(base + views.index(s))
+                tgt_rows.append(base + views.index(t))
+        x = torch.stack(imgs).to(self.tok.device)
+        idx = torch.cat(self.tok.encode_indices(x), 1)
+        src, tgt = torch.tensor(src_rows), torch.tensor(tgt_rows)
+        rel = np.stack([cameras.relative_pose(poses[a], poses[b]) for a, b in zip(src_rows, tgt_rows)])
+        small = torch.nn.functional.interpolate(x[src], size=(self.small, self.small), mode="area")
+        return dict(src=idx[src].to(device), tgt=idx[tgt].to(device), rel_pose=torch.from_numpy(rel).to(device),
+                    small=small.to(device))

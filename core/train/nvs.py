@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from core.checkpoint import check_safetensors_file, config_from_dict, load_config, load_into, save_checkpoint
 from core.nvs.config import NVSConfig
-from core.nvs.data import PairSampler, cache_dir, load_cached, split_scales, tokenise_objects
+from core.nvs.data import OnlineSampler, PairSampler, cache_dir, load_cached, split_scales, tokenise_objects
 from core.nvs.model import NVSTransformer
 
 
@@ -114,6 +114,11 @@ def val_psnr(model, tok, data, n_objects: int, n_views: int, device) -> dict:
         model.train()
 
 
+def _stamp(folder) -> float:
+    f = Path(folder) / "model.safetensors"
+    return f.stat().st_mtime if f.is_file() else 0.0
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train nvs", description=__doc__,
@@ -143,6 +148,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--tokenise-only", action="store_true", help="fill the cache and exit")
     ap.add_argument("--no-tokenise", action="store_true", help="train on what is cached (another process fills it)")
+    ap.add_argument("--online", action="store_true",
+                    help="tokenise each batch on the fly with the current tokenizer (no cache; see --follow-tokenizer)")
+    ap.add_argument("--follow-tokenizer", type=int, default=0, metavar="N",
+                    help="with --online: reload --tokenizer every N steps when it changed (a tokenizer still training); "
+                         "the tokenizer used last is saved next to the model")
     ap.add_argument("--rescan-every", type=int, default=500, help="pick up newly cached objects every N steps")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--val-every", type=int, default=250)
@@ -174,7 +184,7 @@ def main(argv=None) -> int:
     tcfg = tok.config
     small = 64
     dirs = {s: cache_dir(a.cache, th, s) for s in ("train", "val")}
-    if not a.no_tokenise:
+    if not a.no_tokenise and not a.online:
         for s in ("train", "val"):
             n = tokenise_objects(a.data, s, tok, dirs[s], small, a.max_objects if s == "train" else None)
             print(f"tokenised {n} new {s} objects into {dirs[s]}", flush=True)
@@ -190,6 +200,9 @@ def main(argv=None) -> int:
                         prefix_cond=a.prefix_cond, vocab_size=tcfg.vocab_size, latent_dim=tcfg.latent_dim,
                         patch_nums=tcfg.patch_nums, resolution=tcfg.resolution, tokenizer_hash=th,
                         embedder=a.embedder, embed_dim=emb_dim, cnn_resolution=small)
+    if cfg.tokenizer_hash != th and a.follow_tokenizer:
+        print(f"tokenizer changed since {latest} ({cfg.tokenizer_hash} -> {th}): following it", flush=True)
+        cfg.tokenizer_hash = th
     if cfg.tokenizer_hash != th:
         print(f"error: {latest} was trained with tokenizer {cfg.tokenizer_hash}, this one is {th}", file=sys.stderr)
         return 2
@@ -207,14 +220,21 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, config {json.dumps(cfg.to_dict())}", flush=True)
 
-    train_objs = load_cached(dirs["train"])
-    val_objs = load_cached(dirs["val"])
-    if not train_objs:
-        print(f"error: no tokenised training objects in {dirs['train']}", file=sys.stderr)
-        return 2
-    sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step)
-    val_sampler = PairSampler(val_objs or train_objs, a.zero_pose_rate, seed=1234)
-    val_pairs = val_sampler.pairs(32)
+    if a.online:
+        sampler = OnlineSampler(a.data, "train", tok, small, a.zero_pose_rate, seed=a.seed * 7919 + step,
+                                max_objects=a.max_objects)
+        val_sampler = OnlineSampler(a.data, "val", tok, small, a.zero_pose_rate, seed=1234)
+        val_pairs = val_sampler.pairs(16)
+    else:
+        train_objs = load_cached(dirs["train"])
+        val_objs = load_cached(dirs["val"])
+        if not train_objs:
+            print(f"error: no tokenised training objects in {dirs['train']}", file=sys.stderr)
+            return 2
+        sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step)
+        val_sampler = PairSampler(val_objs or train_objs, a.zero_pose_rate, seed=1234)
+        val_pairs = val_sampler.pairs(16)
+    tok_stamp = _stamp(a.tokenizer)
     use_amp = a.amp == "bf16" or (a.amp == "auto" and device.type == "cuda")
     log_f = open(out / "log.jsonl", "a")
     t_start, wall0 = time.time(), state.get("wall_s", 0.0)
@@ -222,6 +242,8 @@ def main(argv=None) -> int:
 
     def save(tag_dir: Path, with_opt: bool):
         save_checkpoint(tag_dir, model.state_dict(), cfg.to_dict())
+        if a.online:  # the exact tokenizer this model was trained against travels with it
+            tok.save_pretrained(tag_dir / "tokenizer")
         if with_opt:
             save_optimizer(opt, tag_dir / "optimizer.safetensors")
         (tag_dir / "state.json").write_text(json.dumps({"step": step, "wall_s": wall0 + time.time() - t_start,
@@ -236,7 +258,20 @@ def main(argv=None) -> int:
         if a.time_limit and time.time() - t_start > a.time_limit * 60:
             print("time limit reached", flush=True)
             break
-        if step and step % a.rescan_every == 0:
+        if a.online and a.follow_tokenizer and step and step % a.follow_tokenizer == 0 and _stamp(a.tokenizer) != tok_stamp:
+            try:
+                new_tok = MultiScaleVQVAE.from_pretrained(a.tokenizer, device=device).eval()
+            except Exception as e:  # a checkpoint being written: try again later
+                print(f"step {step}: tokenizer reload failed ({e})", flush=True)
+            else:
+                for p in new_tok.parameters():
+                    p.requires_grad_(False)
+                tok, tok_stamp = new_tok, _stamp(a.tokenizer)
+                sampler.tok = val_sampler.tok = tok
+                th = tokenizer_fingerprint(tok)
+                cfg.tokenizer_hash = th
+                print(f"step {step}: following the tokenizer, now {th}", flush=True)
+        if not a.online and step and step % a.rescan_every == 0:
             new = load_cached(dirs["train"], skip={o.name for o in sampler.objects})
             if new:
                 sampler.objects.extend(new)
@@ -279,7 +314,7 @@ def main(argv=None) -> int:
             save(latest, True)
     bar.close()
     save(latest, True)
-    save_checkpoint(out, model.state_dict(), cfg.to_dict())  # the final model, loadable as a checkpoint folder
+    save(out, False)  # the final model, loadable as a checkpoint folder
     print(f"saved {out} at step {step}", flush=True)
     return 0
 
