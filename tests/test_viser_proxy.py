@@ -135,6 +135,23 @@ def test_lifted_mesh_reaches_only_its_own_client(live):
         wb.close()
 
 
+def test_disconnect_mid_stream_frees_the_work(live):
+    import threading
+    s = new_source(live, (120, 120, 30))
+    ws = ViserWireClient(ws_url(live, s.token))
+    settle(ws)
+    ids = [cid for cid, c in live.scene.clients.items() if c.token == s.token]
+    ws.send_camera(77.0, 20.0, 2.0)
+    time.sleep(0.08)                                   # mid-stream (the fake takes 6 x 50 ms)
+    ws.close()
+    t_end = time.time() + 10
+    alive = lambda: [t for t in threading.enumerate() if t.name in {f"viser-client-{i}" for i in ids}]  # noqa: E731
+    while time.time() < t_end and (alive() or any(i in live.scene.clients for i in ids)):
+        time.sleep(0.05)
+    assert ids and not alive() and not any(i in live.scene.clients for i in ids)
+    assert not live.backend.compute.locked()
+
+
 def test_unknown_session_and_wrong_protocol(live):
     ws = ViserWireClient(ws_url(live))          # no token: connects, but has nothing to show
     try:
