@@ -77,6 +77,8 @@ class ClientState:
     cond: threading.Condition = field(default_factory=threading.Condition)
     status: object = None
     mesh_handle: object = None
+    show_views: object = None      # per-client GUI checkboxes
+    show_mesh: object = None
     requested_at: float = 0.0
     frames_sent: int = 0
     timings: list[dict] = field(default_factory=list)   # per finished request, for the benchmark
@@ -125,6 +127,23 @@ class ViserScene:
         code = gui.add_text("Session code", initial_value="", hint="Shown under the 3D view in the app")
         home = gui.add_button("Back to the input view")
         home.on_click(lambda _event: self._show_source(st))
+        st.show_views = gui.add_checkbox("Generate views while orbiting", initial_value=True)
+        st.show_mesh = gui.add_checkbox("Show lifted mesh", initial_value=True)
+
+        @st.show_views.on_update
+        def _(_event) -> None:
+            if st.show_views.value:
+                st.last_request = None
+                self._request(st, spherical_from_position(np.asarray(client.camera.position)))
+            else:
+                with st.cond:
+                    st.generation += 1          # stop the stream in flight
+                client.scene.set_background_image(None)
+
+        @st.show_mesh.on_update
+        def _(_event) -> None:
+            if st.mesh_handle is not None:
+                st.mesh_handle.visible = bool(st.show_mesh.value)
 
         @code.on_update
         def _(_event) -> None:
@@ -191,6 +210,7 @@ class ViserScene:
         session = self.backend.sessions.get(st.token)
         if session is not None and session.mesh is not None:
             st.mesh_handle = st.client.scene.add_mesh_trimesh("/object_mesh", session.mesh)
+            st.mesh_handle.visible = st.show_mesh is None or bool(st.show_mesh.value)
 
     def _on_session_event(self, token: str, event: str) -> None:
         for st in list(self.clients.values()):
@@ -240,7 +260,8 @@ class ViserScene:
                 view, st.pending = st.pending, None
                 gen, t0 = st.generation, st.requested_at
             session = self.backend.sessions.get(st.token)
-            if session is None or session.source is None or not self.backend.nvs_ready:
+            if session is None or session.source is None or not self.backend.nvs_ready or \
+                    (st.show_views is not None and not st.show_views.value):
                 continue
             rec = {"view": view, "first_s": None, "final_s": None, "frames": 0}
             # a superseded request still shows its first (coarse) preview, so a continuous drag
