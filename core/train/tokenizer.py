@@ -47,7 +47,7 @@ def load_uint8(paths: list[Path], size: int, desc: str = "images") -> torch.Tens
     small enough to keep in memory, which makes CPU training I/O-free."""
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc=f"loading {desc}", leave=False, mininterval=5)):
-        out[i] = torch.from_numpy(np.asarray(load_image(p, size))).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(load_image(p, size))).permute(2, 0, 1)
     return out
 
 
@@ -172,8 +172,8 @@ def parse_config(arg: str | None) -> TokenizerConfig:
         return TokenizerConfig()
     if arg == "var_published":
         return TokenizerConfig.var_published()
-    p = Path(arg)
-    data = json.loads(p.read_text()) if p.is_file() else json.loads(arg)
+    text = arg if arg.lstrip().startswith("{") else Path(arg).read_text()
+    data = json.loads(text)
     return config_from_dict(TokenizerConfig, data, source=str(arg))
 
 
