@@ -61,9 +61,10 @@ def test_model_shapes_one_and_many_views():
         cams = torch.randn(2, V, 16)
         rays = torch.randn(2, V, 6, 32, 32)
         assert m.encode(x, cams, rays).shape == (2, V * 16, c.enc_dim)  # tokens of all views concatenated
-        planes = m(x, cams, rays)
-        assert planes.shape == (2, 3, c.plane_channels, c.plane_res, c.plane_res)
-        sigma, rgb = m.query(planes, torch.rand(2, 50, 3) - 0.5)
+        state = m(x, cams, rays)
+        assert state.planes.shape == (2, 3, c.plane_channels, c.plane_res, c.plane_res)
+        assert state.feat.shape == (2, V, c.pixel_channels, 4, 4)
+        sigma, rgb = m.query(state, torch.rand(2, 50, 3) - 0.5)
         assert sigma.shape == (2, 50) and rgb.shape == (2, 50, 3)
         assert (sigma >= 0).all() and (rgb >= 0).all() and (rgb <= 1).all()
 
@@ -82,6 +83,29 @@ def test_camera_modulates_image_tokens():
     t1 = pipe.model.encode(x2, c2, None)
     t2 = pipe.model.encode(x2, c2.flip(1), None)
     assert not torch.allclose(t1[:, :16], t2[:, :16])
+
+
+def test_pixel_aligned_lookup_projects_through_the_camera():
+    """A point on the camera's right samples the right half of the input image (and the same for up)."""
+    from core.recon.pipeline import prepare_views
+    pipe = tiny_pipe()
+    img = torch.zeros(1, 3, 32, 32)
+    img[:, 0, :, 16:] = 1.0   # right half: red channel up
+    img[:, 1, :16, :] = 1.0   # top half: green channel up
+    w = cameras.pose_from_spherical(30, 10, 2.0)
+    x, cams, rays, rot = prepare_views(img, [w], [cameras.DEFAULT_FOV_DEG], 32)
+    state = pipe.model(x[None], cams[None], rays[None])
+    R = to_canonical(w, rot)[:, :3]  # rows: camera right, up, back in canonical coordinates
+    pts = torch.from_numpy(np.stack([0.3 * R[0] + 0.2 * R[1], -0.3 * R[0] - 0.2 * R[1]])).float()[None]
+    B, V = 1, 1
+    c2w = state.cams[..., :12].reshape(B, V, 3, 4)
+    cam = torch.einsum("bvnk,bvkj->bvnj", pts[:, None] - c2w[..., 3][:, :, None], c2w[..., :3])
+    f = state.cams[..., 12]
+    uv = torch.stack([cam[..., 0], -cam[..., 1]], -1) * (2 * f)[:, :, None, None] / (-cam[..., 2:3])
+    rgb = torch.nn.functional.grid_sample(x, uv.view(1, 1, 2, 2), align_corners=False).view(3, 2)
+    assert rgb[0, 0] > 0.9 and rgb[1, 0] > 0.9       # right and up -> red and green
+    assert rgb[0, 1] < 0.1 and rgb[1, 1] < 0.1       # left and down -> neither
+    assert pipe.model.pixel_features(state, pts).shape == (1, 2, pipe.config.plane_channels)
 
 
 def test_canonical_frame_rotation():

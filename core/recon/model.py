@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ class ReconConfig:
     default_elevation_deg: float = 20.0   # single-photo input camera: azimuth 0, this elevation
     default_radius: float = 2.0
     max_views: int = 8
+    pixel_channels: int = 16        # > 0: also feed the field with pixel-aligned features of the input views
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -158,6 +160,23 @@ class TriplaneBlock(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
+class TriplaneState(NamedTuple):
+    """What the field needs about one batch of objects: the triplanes, and (pixel-aligned
+    branch) the input views' feature maps, images and camera features."""
+    planes: torch.Tensor                 # [B, 3, C, R, R]
+    feat: torch.Tensor | None = None     # [B, V, Cp, g, g]
+    images: torch.Tensor | None = None   # [B, V, 3, S, S] in [-1, 1]
+    cams: torch.Tensor | None = None     # [B, V, 16]
+
+    @property
+    def device(self):
+        return self.planes.device
+
+    @property
+    def dtype(self):
+        return self.planes.dtype
+
+
 class ReconModel(nn.Module):
     def __init__(self, config: ReconConfig | None = None):
         super().__init__()
@@ -182,6 +201,10 @@ class ReconModel(nn.Module):
             layers += [nn.Linear(d, c.mlp_hidden), nn.SiLU()]
             d = c.mlp_hidden
         self.field_mlp = nn.Sequential(*layers)
+        if c.pixel_channels:
+            self.pix_proj = nn.Linear(c.enc_dim, c.pixel_channels)
+            self.view_mlp = nn.Sequential(nn.Linear(c.pixel_channels + 5, c.plane_channels), nn.SiLU(),
+                                          nn.Linear(c.plane_channels, c.plane_channels))
         self.head = nn.Linear(d, 4)  # density, rgb
 
     # -- encoding ---------------------------------------------------------------------
@@ -198,9 +221,14 @@ class ReconModel(nn.Module):
             x = blk(x, cam)
         return self.enc_norm(x).reshape(B, V * x.shape[1], -1)
 
-    def forward(self, images, cams, rays=None) -> torch.Tensor:
-        """-> triplanes [B, 3, C, R, R] (planes xy, xz, yz of the canonical frame)."""
+    def forward(self, images, cams, rays=None) -> TriplaneState:
+        """-> TriplaneState: triplanes [B, 3, C, R, R] (planes xy, xz, yz of the canonical frame)
+        and, with ``pixel_channels``, the per-view feature maps for pixel-aligned lookups."""
         ctx = self.encode(images, cams, rays)
+        feat = None
+        if self.config.pixel_channels:
+            B, V, g = images.shape[0], images.shape[1], self.config.image_size // self.config.patch_size
+            feat = self.pix_proj(ctx).view(B, V, g, g, -1).permute(0, 1, 4, 2, 3)
         c = self.config
         x = self.tri_tokens.expand(ctx.shape[0], -1, -1)
         for blk in self.decoder:
@@ -209,7 +237,7 @@ class ReconModel(nn.Module):
         B, G = x.shape[0], c.tri_tokens
         x = x.view(B, 3, G, G, -1).permute(0, 1, 4, 2, 3).reshape(B * 3, -1, G, G)
         planes = self.upsample(x)
-        return planes.view(B, 3, *planes.shape[1:])
+        return TriplaneState(planes.view(B, 3, *planes.shape[1:]), feat, images, cams)
 
     # -- field ------------------------------------------------------------------------
 
@@ -223,9 +251,30 @@ class ReconModel(nn.Module):
                           mode="bilinear", padding_mode="border", align_corners=False)
         return f.view(B, 3, C, -1).sum(1).transpose(1, 2)
 
-    def query(self, planes: torch.Tensor, pts: torch.Tensor, with_rgb: bool = True):
+    def pixel_features(self, state: TriplaneState, pts: torch.Tensor) -> torch.Tensor:
+        """Project points into every input view; sample its feature map and image there, add the
+        point's depth and an in-frame flag, embed per view and average over views -> [B,N,C]."""
+        B, V = state.cams.shape[:2]
+        c2w = state.cams[..., :12].reshape(B, V, 3, 4).to(pts.dtype)
+        f = state.cams[..., 12].to(pts.dtype)  # focal length in image-size units
+        rel = pts[:, None] - c2w[..., 3][:, :, None]                         # [B,V,N,3]
+        cam = torch.einsum("bvnk,bvkj->bvnj", rel, c2w[..., :3])              # R^T (p - C): camera axes
+        depth = (-cam[..., 2]).clamp(min=1e-3)
+        uv = torch.stack([cam[..., 0], -cam[..., 1]], -1) * (2 * f)[:, :, None, None] / depth[..., None]
+        grid = uv.reshape(B * V, 1, -1, 2).to(state.feat.dtype)
+        fs = F.grid_sample(state.feat.flatten(0, 1), grid, align_corners=False).view(B, V, -1, pts.shape[1])
+        rgb = F.grid_sample(state.images.flatten(0, 1).to(grid.dtype), grid, align_corners=False).view(B, V, 3, -1)
+        inframe = (uv.abs() <= 1).all(-1).to(fs.dtype)
+        radius = c2w[..., 3].norm(dim=-1)[:, :, None]
+        x = torch.cat([fs.transpose(2, 3), rgb.transpose(2, 3), inframe[..., None], (depth - radius)[..., None].to(fs.dtype)], -1)
+        return self.view_mlp(x).mean(1)
+
+    def query(self, state: TriplaneState, pts: torch.Tensor, with_rgb: bool = True):
         """Density [B,N] and colour [B,N,3] in [0,1] at canonical points; zero density outside the box."""
-        x = self.field_mlp(self.plane_features(planes, pts))
+        h = self.plane_features(state.planes, pts)
+        if self.config.pixel_channels:
+            h = h + self.pixel_features(state, pts)
+        x = self.field_mlp(h)
         h = (self.head(x) if with_rgb else F.linear(x, self.head.weight[:1], self.head.bias[:1])).float()
         sigma = torch.exp((h[..., 0] + self.config.density_bias).clamp(max=11.0))  # trunc_exp-like: sharp, bounded
         inside = (pts.abs() <= self.config.box_radius).all(-1)

@@ -18,10 +18,11 @@ class TriplaneScene:
     """Holds the planes of one object and the rotation ``rot`` from world to the canonical frame
     they live in (p_canonical = rot @ p_world); every public method speaks world frame."""
 
-    def __init__(self, model, planes: torch.Tensor, rot: np.ndarray, fov_deg: float = cameras.DEFAULT_FOV_DEG):
-        self.model, self.planes, self.fov_deg = model, planes, fov_deg
+    def __init__(self, model, state, rot: np.ndarray, fov_deg: float = cameras.DEFAULT_FOV_DEG):
+        self.model, self.state, self.fov_deg = model, state, fov_deg
+        self.planes = getattr(state, "planes", state)  # the triplanes [1, 3, C, R, R]
         self.rot = np.asarray(rot, dtype=np.float32)
-        self._rot_t = torch.from_numpy(self.rot).to(planes.device)
+        self._rot_t = torch.from_numpy(self.rot).to(self.planes.device)
         self._occ = None
         self._occ_grid = None
 
@@ -37,7 +38,7 @@ class TriplaneScene:
     def field(self, pts: torch.Tensor):
         """Density and colour at canonical points [..., N, 3] (leading dims flattened to one scene)."""
         shape = pts.shape[:-1]
-        sigma, rgb = self.model.query(self.planes, pts.reshape(1, -1, 3).to(self.planes.dtype))
+        sigma, rgb = self.model.query(self.state, pts.reshape(1, -1, 3).to(self.planes.dtype))
         return sigma.view(shape), rgb.view(*shape, 3)
 
     @torch.no_grad()
@@ -64,7 +65,7 @@ class TriplaneScene:
         sigma = torch.zeros(flat.shape[0], device=flat.device)
         rgb = torch.ones(flat.shape[0], 3, device=flat.device)
         if keep.any():
-            s, c = self.model.query(self.planes, flat[keep][None])
+            s, c = self.model.query(self.state, flat[keep][None])
             sigma[keep], rgb[keep] = s[0], c[0]
         return sigma.view(pts.shape[:-1]), rgb.view(*pts.shape[:-1], 3)
 
@@ -109,7 +110,7 @@ class TriplaneScene:
     @torch.no_grad()
     def _density(self, pts: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
         flat = pts.reshape(-1, 3)
-        out = [self.model.query(self.planes, flat[s:s + chunk][None].to(self.planes.dtype), with_rgb=False)[0][0]
+        out = [self.model.query(self.state, flat[s:s + chunk][None].to(self.planes.dtype), with_rgb=False)[0][0]
                for s in range(0, flat.shape[0], chunk)]
         return torch.cat(out).view(pts.shape[:-1]) if out else torch.zeros(pts.shape[:-1], device=self.device)
 
