@@ -61,7 +61,8 @@ def test_handlers_end_to_end(handlers, tmp_path):
     assert len(frames) >= 3 and scales == sorted(scales) and "final" in frames[-1][1]
     strip = handlers.views_around(token, 4, 0, 3.0, 900, 0.95)
     assert len(strip) == 4 and all(isinstance(im, Image.Image) for im, _ in strip)
-    glb, orbit, files, status = handlers.lift(token, True, progress=None)
+    glb, files, status = handlers.lift(token, True, progress=None)
+    orbit = handlers.orbit(token)
     session = handlers.backend.sessions.get(token)
     assert all(str(session.folder) in f for f in files + [glb, orbit]) and "Mesh ready" in status
     assert len(trimesh.load(glb, force="mesh").vertices) > 0 and Image.open(orbit).n_frames > 1
@@ -179,7 +180,8 @@ def test_live_stream_glb_and_bad_inputs(live):
     sizes = {Image.open(p).size for p, _ in job.outputs()}
     assert len(sizes) == 1
 
-    glb, orbit, files, status = client.predict(True, api_name="/lift")
+    glb, files, status = client.predict(True, api_name="/lift")
+    assert Image.open(client.predict(api_name="/orbit")).n_frames > 1
     assert {p.rsplit(".", 1)[1] for p in files} == {"glb", "ply", "obj"}
     mesh = trimesh.load(glb, force="mesh")
     colours = np.asarray(mesh.visual.vertex_colors)
@@ -212,7 +214,7 @@ def test_handlers_with_real_untrained_pipelines(tmp_path):
     scales = [int(LABEL.search(lbl).group(1)) for _, lbl in frames]
     assert scales == list(range(1, nvs.num_scales + 1)) and frames[-1][0].size == (nvs.resolution,) * 2
     try:
-        glb, orbit, files, status = h.lift(token, False, progress=None)
+        glb, files, status = h.lift(token, False, progress=None)
     except gr.Error as e:
         assert "surface" in str(e)
     else:

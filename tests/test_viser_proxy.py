@@ -126,7 +126,7 @@ def test_lifted_mesh_reaches_only_its_own_client(live):
     try:
         settle(wa)
         settle(wb)
-        live.backend.lift(a, mesh_resolution=32, orbit_frames=2)
+        live.backend.lift(a, mesh_resolution=32)
         got_a = [m for _, m in wa.messages(timeout=1.5) if m.get("name") == "/object_mesh"]
         got_b = [m for _, m in wb.messages(timeout=0.5) if m.get("name") == "/object_mesh"]
         assert got_a and not got_b

@@ -81,6 +81,7 @@ class Session:
     encoded_key: tuple | None = None
     generated: list[tuple[np.ndarray, Image.Image]] = field(default_factory=list)
     mesh: Any = None                       # trimesh.Trimesh of the last lift
+    scene: Any = None                      # its TriplaneScene
     version: int = 0                       # bumped on every new source: cancels stale work
     last_used: float = field(default_factory=time.time)
 
@@ -374,8 +375,10 @@ class Backend:
     # ------------------------------------------------------------------ 3D
 
     def lift(self, session: Session, use_generated: bool = False, mesh_resolution: int = 128,
-             orbit_frames: int = 24, progress: Callable[[float, str], None] | None = None) -> dict[str, Path]:
-        """Reconstruct -> orbit animation + GLB/PLY/OBJ in the session folder (atomic writes)."""
+             progress: Callable[[float, str], None] | None = None) -> dict[str, Path]:
+        """Reconstruct -> mesh -> GLB/PLY/OBJ in the session folder (atomic writes).
+
+        The orbit animation is a separate, later step (``orbit``) so the download is ready first."""
         from core.mesh import export_glb   # deferred: core.mesh ships with the recon issue
         pipe = self.require("recon")
         if session.source is None:
@@ -386,26 +389,48 @@ class Backend:
             for w2c, im in session.generated:
                 images.append(im)
                 cams.append(w2c)
+        version = session.version
         say(0.05, f"reconstructing from {len(images)} view(s)")
         with self.compute:
             try:
                 scene = pipe.reconstruct(images, cams)
-                say(0.35, "extracting the mesh")
+                say(0.4, "extracting the mesh")
                 mesh = scene.extract_mesh(resolution=int(mesh_resolution))
-                say(0.6, "rendering the orbit")
-                frames = scene.render_orbit(n=int(orbit_frames), elevation_deg=session.elevation,
-                                            radius=session.radius, size=192)
             except ValueError as e:  # core's input/mesh errors are messages for the user
                 raise UserError(f"Reconstruction failed: {e}") from None
-        session.mesh = mesh
-        say(0.85, "writing files")
+        if session.version != version:
+            raise UserError("A new photo arrived while lifting; press Lift to 3D again.")
+        session.mesh, session.scene = mesh, scene
+        say(0.8, "writing files")
         out = {"glb": session.write_atomic("object.glb", lambda p: export_glb(mesh, p)),
                "ply": session.write_atomic("object.ply", lambda p: mesh.export(p, file_type="ply")),
-               "obj": session.write_atomic("object.obj", lambda p: mesh.export(p, file_type="obj")),
-               "orbit": session.write_atomic("orbit.gif", lambda p: _save_gif(frames, p))}
+               "obj": session.write_atomic("object.obj", lambda p: mesh.export(p, file_type="obj"))}
         self.sessions.notify(session.token, "mesh")
         say(1.0, "done")
         return out
+
+    def orbit(self, session: Session, frames: int = 16, size: int = 160) -> Path:
+        """An orbit animation of the lifted object (GIF). Rasterises the exported mesh with the
+        project's headless OpenGL renderer (tens of ms a frame); without EGL it volume-renders the
+        triplane instead, smaller (seconds a frame on a CPU)."""
+        if session.mesh is None:
+            raise UserError("lift the object to 3D first")
+        mesh, w2cs = session.mesh, cameras.orbit(int(frames), session.elevation, session.radius)
+        try:
+            from core.data.render import Renderer, parts_from_trimesh
+            r = Renderer(size=int(size))
+        except Exception as e:  # no moderngl / EGL here: fall back to the NeRF renderer
+            log.info("mesh renderer unavailable (%s); orbit from the triplane", e)
+            with self.compute:
+                images = session.scene.render_orbit(n=max(4, int(frames) // 2), elevation_deg=session.elevation,
+                                                    radius=session.radius, size=96)
+        else:
+            try:
+                r.set_asset(parts_from_trimesh(mesh))
+                images = [r.render(w).image for w in w2cs]
+            finally:
+                r.release()
+        return session.write_atomic("orbit.gif", lambda p: _save_gif(images, p))
 
 
 def _save_gif(frames: list[Image.Image], path: Path) -> None:

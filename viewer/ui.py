@@ -118,7 +118,7 @@ class Handlers:
     # ---------------------------------------------------------------- 3D
 
     def lift(self, token: str, use_generated: bool, progress=gr.Progress()):
-        """Reconstruct -> (GLB for Model3D, orbit GIF, [GLB, PLY, OBJ], status)."""
+        """Reconstruct -> (GLB for Model3D, [GLB, PLY, OBJ], status); the orbit follows."""
         session = self._session(token)
         say = (lambda f, m: progress(f, desc=m)) if progress is not None else None
         t0 = time.perf_counter()
@@ -127,8 +127,17 @@ class Handlers:
         except UserError as e:
             raise gr.Error(str(e)) from None
         files = [str(out[k]) for k in ("glb", "ply", "obj")]
-        return (str(out["glb"]), str(out["orbit"]), files,
+        return (str(out["glb"]), files,
                 f"Mesh ready in {time.perf_counter() - t0:.1f} s ({len(session.mesh.vertices)} vertices).")
+
+    def orbit(self, token: str):
+        session = self._session(token)
+        if session.mesh is None:
+            return None
+        try:
+            return str(self.backend.orbit(session))
+        except UserError as e:
+            raise gr.Error(str(e)) from None
 
 
 def viser_iframe(token: str | None) -> str:
@@ -195,7 +204,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
         lift_status = gr.Markdown("")
         with gr.Row():
             model3d = gr.Model3D(label="Mesh (GLB)", height=360, clear_color=(1, 1, 1, 1))
-            orbit = gr.Image(label="Orbit (animated)", type="filepath", height=360, interactive=False)
+            orbit = gr.Image(label="Orbit of the mesh (animated)", type="filepath", height=360, interactive=False)
         downloads = gr.File(label="Downloads (GLB, PLY, OBJ)", file_count="multiple", interactive=False)
 
         demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session")
@@ -211,6 +220,6 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                       [view_out, view_label], api_name="generate", concurrency_limit=2)
         strip_btn.click(gpu(h.views_around), [token, n_views, seed, guidance, top_k, top_p], strip,
                         api_name="views_around")
-        lift_btn.click(gpu(h.lift), [token, use_gen], [model3d, orbit, downloads, lift_status],
-                       api_name="lift")
+        lift_btn.click(gpu(h.lift), [token, use_gen], [model3d, downloads, lift_status], api_name="lift") \
+            .success(h.orbit, [token], [orbit], api_name="orbit")
     return demo
