@@ -3,8 +3,8 @@
     python -m core.train tokenizer --data /work/data/corpus --out /work/runs/tokenizer [--config cfg.json]
         [--steps N] [--batch-size B] [--resume] [--max-minutes M] [--latest DIR]
 
-Losses for white-background renders: L1 + L2 on pixels, an L1 on image gradients (keeps
-edges sharp against the flat white), plus VAR's VQ loss (commitment beta = 0.25). Codebook
+Losses for white-background renders: L1 + L2 on pixels with object pixels weighted up, an
+L1 on image gradients (keeps edges sharp against the flat white), plus VAR's VQ loss (commitment beta = 0.25). Codebook
 health: code hits are counted over a window of steps; codes not hit in a window are
 restarted from residual vectors the encoder just produced. Checkpoints are folders
 (config.json + model.safetensors + optimizer.safetensors + trainer_state.json), written
@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -64,10 +65,17 @@ def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(dx(a), dx(b)) + F.l1_loss(dy(a), dy(b))
 
 
-def recon_loss(rec, x, w_l2: float, w_grad: float):
+def recon_loss(rec, x, w_l2: float, w_grad: float, w_fg: float = 0.0):
+    """Pixel L1 + L2 + gradient L1. On white-background renders the object is a small part of
+    the image, so its pixels (anything not near-white) get ``1 + w_fg`` times the weight of the
+    background: without it the net settles on grey objects (colour is a small share of the loss)."""
     rec = rec.float()
-    l1, l2, g = F.l1_loss(rec, x), F.mse_loss(rec, x), grad_l1(rec, x)
-    return l1 + w_l2 * l2 + w_grad * g, {"l1": l1.item(), "l2": l2.item(), "grad": g.item()}
+    w = 1.0 + w_fg * (x < 0.96).any(1, keepdim=True).float()
+    w = w / w.mean()
+    l1, l2 = (w * (rec - x).abs()).mean(), (w * (rec - x).square()).mean()
+    g = grad_l1(rec, x)
+    mse = F.mse_loss(rec.detach(), x).item()
+    return l1 + w_l2 * l2 + w_grad * g, {"l1": l1.item(), "l2": l2.item(), "grad": g.item(), "mse": mse}
 
 
 # ----------------------------------------------------------------------------- codebook health
@@ -198,6 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--w-l2", type=float, default=1.0)
     ap.add_argument("--w-grad", type=float, default=0.5)
+    ap.add_argument("--w-fg", type=float, default=4.0, help="extra weight on object (non-white) pixels")
     ap.add_argument("--restart-window", type=int, default=50, help="steps per codebook-usage window")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--val-every", type=int, default=250)
@@ -262,8 +271,11 @@ def main(argv=None) -> int:
         state["elapsed_s"] = el0 + time.time() - t_start
         write_folder(folder, model, opt, state)
 
+    stop = []  # SIGTERM/SIGINT: finish the step, validate, save, exit cleanly
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
     bar = tqdm(total=a.steps, initial=state["step"], desc="tokenizer", mininterval=10)
-    while state["step"] < a.steps:
+    while state["step"] < a.steps and not stop:
         elapsed = el0 + time.time() - t_start
         if a.max_minutes and elapsed > a.max_minutes * 60:
             break
@@ -277,7 +289,7 @@ def main(argv=None) -> int:
         x = x.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             rec, vq_loss, idxs, seen = model(x)
-        rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad)
+        rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg)
         loss = rl + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,7 +300,7 @@ def main(argv=None) -> int:
         state["step"] += 1
         state["images_seen"] += len(x)
         bar.update(1)
-        rec_psnr = 10 * math.log10(4.0 / max(parts["l2"], 1e-10))
+        rec_psnr = 10 * math.log10(4.0 / max(parts["mse"], 1e-10))
         rec_item = {"step": state["step"], "loss": loss.item(), "vq": vq_loss.item(), **parts,
                     "train_psnr": rec_psnr, "lr": opt.param_groups[0]["lr"],
                     "elapsed_s": round(el0 + time.time() - t_start, 1)}
