@@ -105,7 +105,9 @@ def test_pixel_aligned_lookup_projects_through_the_camera():
     rgb = torch.nn.functional.grid_sample(x, uv.view(1, 1, 2, 2), align_corners=False).view(3, 2)
     assert rgb[0, 0] > 0.9 and rgb[1, 0] > 0.9       # right and up -> red and green
     assert rgb[0, 1] < 0.1 and rgb[1, 1] < 0.1       # left and down -> neither
-    assert pipe.model.pixel_features(state, pts).shape == (1, 2, pipe.config.plane_channels)
+    feat, skip = pipe.model.pixel_features(state, pts)
+    assert feat.shape == (1, 2, pipe.config.plane_channels) and skip.shape == (1, 2, 4)
+    assert skip[0, 0, 0] > 0.9 and skip[0, 1, 0] < 0.1 and (skip[0, :, 3] == 1).all()  # red right, in frame
 
 
 def test_canonical_frame_rotation():

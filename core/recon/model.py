@@ -196,7 +196,7 @@ class ReconModel(nn.Module):
             ups += [nn.ConvTranspose2d(ch, out, 2, 2)] + ([nn.GELU()] if i < len(c.upsample_channels) - 1 else [])
             ch = out
         self.upsample = nn.Sequential(*ups)
-        layers, d = [], c.plane_channels
+        layers, d = [], c.plane_channels * (2 if c.pixel_channels else 1)
         for _ in range(c.mlp_layers):
             layers += [nn.Linear(d, c.mlp_hidden), nn.SiLU()]
             d = c.mlp_hidden
@@ -205,7 +205,7 @@ class ReconModel(nn.Module):
             self.pix_proj = nn.Linear(c.enc_dim, c.pixel_channels)
             self.view_mlp = nn.Sequential(nn.Linear(c.pixel_channels + 5, c.plane_channels), nn.SiLU(),
                                           nn.Linear(c.plane_channels, c.plane_channels))
-        self.head = nn.Linear(d, 4)  # density, rgb
+        self.head = nn.Linear(d + (4 if c.pixel_channels else 0), 4)  # density, rgb (+ skip: sampled rgb, in-frame)
 
     # -- encoding ---------------------------------------------------------------------
 
@@ -253,7 +253,10 @@ class ReconModel(nn.Module):
 
     def pixel_features(self, state: TriplaneState, pts: torch.Tensor) -> torch.Tensor:
         """Project points into every input view; sample its feature map and image there, add the
-        point's depth and an in-frame flag, embed per view and average over views -> [B,N,C]."""
+        point's depth and an in-frame flag, embed per view and average over views.
+
+        Returns features [B,N,C] and the view-averaged sampled colour + in-frame flag [B,N,4]
+        (a skip straight into the head, so copying visible colours is a linear map)."""
         B, V = state.cams.shape[:2]
         c2w = state.cams[..., :12].reshape(B, V, 3, 4).to(pts.dtype)
         f = state.cams[..., 12].to(pts.dtype)  # focal length in image-size units
@@ -267,14 +270,16 @@ class ReconModel(nn.Module):
         inframe = (uv.abs() <= 1).all(-1).to(fs.dtype)
         radius = c2w[..., 3].norm(dim=-1)[:, :, None]
         x = torch.cat([fs.transpose(2, 3), rgb.transpose(2, 3), inframe[..., None], (depth - radius)[..., None].to(fs.dtype)], -1)
-        return self.view_mlp(x).mean(1)
+        return self.view_mlp(x).mean(1), x[..., -5:-1].mean(1)
 
     def query(self, state: TriplaneState, pts: torch.Tensor, with_rgb: bool = True):
         """Density [B,N] and colour [B,N,3] in [0,1] at canonical points; zero density outside the box."""
         h = self.plane_features(state.planes, pts)
         if self.config.pixel_channels:
-            h = h + self.pixel_features(state, pts)
-        x = self.field_mlp(h)
+            pix, skip = self.pixel_features(state, pts)
+            x = torch.cat([self.field_mlp(torch.cat([h, pix], -1)), skip], -1)
+        else:
+            x = self.field_mlp(h)
         h = (self.head(x) if with_rgb else F.linear(x, self.head.weight[:1], self.head.bias[:1])).float()
         sigma = torch.exp((h[..., 0] + self.config.density_bias).clamp(max=11.0))  # trunc_exp-like: sharp, bounded
         inside = (pts.abs() <= self.config.box_radius).all(-1)

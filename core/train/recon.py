@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--w-mask", type=float, default=0.5)
     ap.add_argument("--w-depth", type=float, default=0.1)
+    ap.add_argument("--init", default=None, help="fresh run: copy every tensor whose name and shape match from this checkpoint")
     ap.add_argument("--config", default=None, help="JSON of ReconConfig overrides for a fresh run")
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=500)
@@ -245,6 +246,12 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     step, wall0, best = 0, 0.0, -1.0
+    if args.init and not resuming:
+        from core.checkpoint import load_state_dict
+        src, own = load_state_dict(args.init), model.state_dict()
+        match = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(match, strict=False)
+        print(f"init: {len(match)}/{len(own)} tensors from {args.init}")
     if resuming:
         try:
             st = load_training(out, model, opt)
