@@ -49,6 +49,7 @@ class ReconConfig:
     density_bias: float = -1.0
     n_samples: int = 64             # dense samples per ray inside the box at inference
     mc_level: float = 10.0          # density iso-level for marching cubes
+    mc_query_resolution: int = 128  # the field is band-limited by its planes: query at most this grid, upsample beyond
     default_elevation_deg: float = 20.0   # single-photo input camera: azimuth 0, this elevation
     default_radius: float = 2.0
     max_views: int = 8

@@ -122,8 +122,14 @@ class TriplaneScene:
         Coarse to fine: the field is queried exactly at every 4th node; then, only inside coarse
         cells whose 8 corners straddle ``level``, at every node. Other nodes take their coarse
         cell's corner value, which lies on the same side of ``level``, so marching cubes finds
-        the same surface (up to features thinner than a coarse cell) at a fraction of the cost."""
+        the same surface (up to features thinner than a coarse cell) at a fraction of the cost.
+        Above ``config.mc_query_resolution`` the grid is a trilinear upsampling of that one: the
+        triplanes (32^2 texels by default) hold no finer detail, and the query cost is the budget."""
         level = self.config.mc_level if level is None else level
+        q = self.config.mc_query_resolution
+        if q and resolution > q:  # planes of R texels carry no detail a q^3 grid misses: upsample
+            grid = self.density_grid(q, level)
+            return F.interpolate(grid[None, None], size=(resolution + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
         n = resolution + 1
         if resolution <= 64 or resolution % 4:
             return self._density(self._grid(n))
