@@ -65,17 +65,24 @@ def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(dx(a), dx(b)) + F.l1_loss(dy(a), dy(b))
 
 
-def recon_loss(rec, x, w_l2: float, w_grad: float, w_fg: float = 0.0):
+def chroma(t: torch.Tensor) -> torch.Tensor:
+    return t - t.mean(1, keepdim=True)
+
+
+def recon_loss(rec, x, w_l2: float, w_grad: float, w_fg: float = 0.0, w_chroma: float = 0.0):
     """Pixel L1 + L2 + gradient L1. On white-background renders the object is a small part of
     the image, so its pixels (anything not near-white) get ``1 + w_fg`` times the weight of the
-    background: without it the net settles on grey objects (colour is a small share of the loss)."""
+    background, and ``w_chroma`` adds an L1 on colour (pixel minus its grey level): without them
+    the net settles on grey objects (colour is a small share of the loss)."""
     rec = rec.float()
     w = 1.0 + w_fg * (x < 0.96).any(1, keepdim=True).float()
     w = w / w.mean()
     l1, l2 = (w * (rec - x).abs()).mean(), (w * (rec - x).square()).mean()
     g = grad_l1(rec, x)
+    c = (w * (chroma(rec) - chroma(x)).abs()).mean() if w_chroma else rec.new_zeros(())
     mse = F.mse_loss(rec.detach(), x).item()
-    return l1 + w_l2 * l2 + w_grad * g, {"l1": l1.item(), "l2": l2.item(), "grad": g.item(), "mse": mse}
+    return l1 + w_l2 * l2 + w_grad * g + w_chroma * c, {"l1": l1.item(), "l2": l2.item(), "grad": g.item(),
+                                                        "chroma": c.item(), "mse": mse}
 
 
 # ----------------------------------------------------------------------------- codebook health
@@ -207,6 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--w-l2", type=float, default=1.0)
     ap.add_argument("--w-grad", type=float, default=0.5)
     ap.add_argument("--w-fg", type=float, default=4.0, help="extra weight on object (non-white) pixels")
+    ap.add_argument("--w-chroma", type=float, default=2.0, help="weight of the L1 on colour (pixel minus grey)")
     ap.add_argument("--restart-window", type=int, default=50, help="steps per codebook-usage window")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--val-every", type=int, default=250)
@@ -289,7 +297,7 @@ def main(argv=None) -> int:
         x = x.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             rec, vq_loss, idxs, seen = model(x)
-        rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg)
+        rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg, a.w_chroma)
         loss = rl + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
