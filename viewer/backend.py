@@ -184,10 +184,13 @@ HOW_TO_GET = {
 
 def _load_nvs(ckpt: Path, device: str):
     from core.nvs import NVSPipeline  # noqa: deferred: the viewer must start without it
-    for sub in ("nvs", "tokenizer"):
-        if not (ckpt / sub / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{ckpt / sub / 'model.safetensors'} is missing")
-    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), tokenizer=str(ckpt / "tokenizer"), device=device)
+    # the tokenizer the NVS model was trained with may ship inside it (nvs/tokenizer/); else tokenizer/
+    tok = next((d for d in (ckpt / "nvs" / "tokenizer", ckpt / "tokenizer") if (d / "model.safetensors").is_file()),
+               ckpt / "tokenizer")
+    for folder in (ckpt / "nvs", tok):
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing")
+    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), tokenizer=str(tok), device=device)
 
 
 def _load_recon(ckpt: Path, device: str):
