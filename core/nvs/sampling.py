@@ -11,17 +11,20 @@ from core.nvs.model import KV, NVSTransformer
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
-    """Mask (to -inf) everything outside the top-k and outside the smallest top-p mass."""
+    """Mask (to -inf) everything outside the top-k and outside the smallest top-p mass (one sort for both)."""
     V = logits.shape[-1]
-    if 0 < top_k < V:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0.0 < top_p < 1.0:
-        srt, idx = logits.sort(dim=-1)
-        remove = srt.softmax(-1).cumsum(-1) <= 1.0 - top_p
-        remove[..., -1] = False  # always keep the most likely token
-        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, idx, remove), float("-inf"))
-    return logits
+    use_k, use_p = 0 < top_k < V, 0.0 < top_p < 1.0
+    if not (use_k or use_p):
+        return logits
+    srt, idx = logits.sort(dim=-1, descending=True)
+    remove = torch.zeros_like(srt, dtype=torch.bool)
+    if use_k:
+        remove[..., top_k:] = True
+        srt = srt.masked_fill(remove, float("-inf"))
+    if use_p:
+        mass_before = srt.softmax(-1).cumsum(-1) - srt.softmax(-1)
+        remove |= mass_before > top_p  # keep the smallest prefix reaching top_p (the top token always kept)
+    return logits.masked_fill(torch.zeros_like(remove).scatter(-1, idx, remove), float("-inf"))
 
 
 def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0, top_p: float = 0.0,
