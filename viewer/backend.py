@@ -412,7 +412,7 @@ class Backend:
         say(1.0, "done")
         return out
 
-    def orbit(self, session: Session, frames: int = 16, size: int = 160) -> Path:
+    def orbit(self, session: Session, frames: int = 16, size: int = 256) -> Path:
         """An orbit animation of the lifted object (GIF). Rasterises the exported mesh with the
         project's headless OpenGL renderer (tens of ms a frame); without EGL it volume-renders the
         triplane instead, smaller (seconds a frame on a CPU)."""
