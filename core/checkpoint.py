@@ -69,6 +69,16 @@ def check_safetensors_file(path: str | Path) -> None:
             raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)")
 
 
+def refuse_pickle_file(path: str | Path) -> CheckpointError:
+    """The error for a third-party ``.pth``/``.bin``/``.ckpt``: those are pickles, and loading a
+    pickle can run code, so Vantage never opens one (not even with ``weights_only``)."""
+    return CheckpointError(
+        f"{path}: .pth/.bin/.ckpt files are pickles and Vantage never unpickles; convert it to safetensors "
+        "first, in an environment you trust, e.g. python -c \"import torch, safetensors.torch as s; "
+        "sd = torch.load('IN.pth', weights_only=True); s.save_file(sd.get('state_dict', sd), 'OUT.safetensors')\" "
+        "(nested wrappers: pick the dict of tensors), then pass the .safetensors file")
+
+
 def load_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not Path(folder).is_dir():

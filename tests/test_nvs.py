@@ -271,17 +271,20 @@ def test_import_archonview(tmp_path):
     from core.nvs.importer import import_archonview
     sd = archonview_state_dict(depth=2)
     torch.save({"trainer": {"var_wo_ddp": sd}, "epoch": 3}, tmp_path / "ar.pth")
+    with pytest.raises(CheckpointError, match=r"ar\.pth.*never unpickles"):  # pickles are refused unopened
+        import_archonview(tmp_path / "ar.pth", tmp_path / "vae.safetensors", tmp_path / "pk")
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "ar.safetensors")
     tcfg = TokenizerConfig(resolution=128, patch_size=4, ch=16, ch_mult=(1, 2, 2), norm_groups=8, vocab_size=4096,
                            latent_dim=32, patch_nums=(1, 2, 3, 4, 5, 6, 8),
                            num_res_blocks=1)
     vae = MultiScaleVQVAE(tcfg)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp_path / "vae.safetensors")
     with pytest.raises(CheckpointError, match="pos_1LC"):  # 680 tokens do not fit these patch_nums
-        import_archonview(tmp_path / "ar.pth", tmp_path / "vae.safetensors", tmp_path / "bad", tokenizer_config=tcfg)
+        import_archonview(tmp_path / "ar.safetensors", tmp_path / "vae.safetensors", tmp_path / "bad", tokenizer_config=tcfg)
     sd2 = archonview_state_dict(depth=2, patch_nums=tcfg.patch_nums)
-    torch.save({"trainer": {"var_wo_ddp": sd2}}, tmp_path / "ar2.pth")
+    save_file({k: v.contiguous() for k, v in sd2.items()}, tmp_path / "ar2.safetensors")
     with pytest.warns(UserWarning, match="unconditional"):
-        out = import_archonview(tmp_path / "ar2.pth", tmp_path / "vae.safetensors", tmp_path / "imp",
+        out = import_archonview(tmp_path / "ar2.safetensors", tmp_path / "vae.safetensors", tmp_path / "imp",
                                 tokenizer_config=tcfg)
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["depth"], cfg["width"], cfg["num_heads"], cfg["vocab_size"], cfg["embed_dim"]) == (2, 128, 2, 4096, 768)

@@ -248,13 +248,17 @@ def test_import_file_paths_pth_and_safetensors(tmp_path):
     cfg = tiny_config(patch_size=1, ch=16, ch_mult=(1, 1, 2), resolution=32, using_sa=True)
     src = MultiScaleVQVAE(cfg).state_dict()
     src["quantize.ema_vocab_hit_SV"] = torch.zeros(4, 64)
-    torch.save({"state_dict": src}, tmp_path / "var.pth")
-    out = import_var_checkpoint(tmp_path / "var.pth", tmp_path / "conv", config=cfg)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in src.items()}, tmp_path / "var.safetensors")
+    out = import_var_checkpoint(tmp_path / "var.safetensors", tmp_path / "conv", config=cfg)
     m = MultiScaleVQVAE.from_pretrained(out)
     assert torch.equal(m.quantize.embedding.weight, src["quantize.embedding.weight"])
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth"):
-        import_var_checkpoint(tmp_path / "junk.pth", tmp_path / "x", config=cfg)
+    torch.save({"state_dict": src}, tmp_path / "var.pth")  # a pickle: refused unopened, with how to convert
+    with pytest.raises(CheckpointError, match=r"var\.pth.*never unpickles.*safetensors"):
+        import_var_checkpoint(tmp_path / "var.pth", tmp_path / "conv2", config=cfg)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        import_var_checkpoint(tmp_path / "junk.safetensors", tmp_path / "x", config=cfg)
 
 
 # ----------------------------------------------------------------------------- training / eval CLIs

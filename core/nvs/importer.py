@@ -10,7 +10,7 @@ state dict. Our parameter names are ArchonView's; its buffers (``lvl_1L``,
 ``attn_bias_for_masking``, ``zero_k_bias``) are dropped. ArchonView's unconditional
 image embedding is CLIP's text embedding of "" (not stored in its checkpoint): it is
 computed here when CLIP weights are given, else left at zero (CFG then differs slightly).
-A ``.pth`` is read with PyTorch's restricted loader (tensors and plain containers only).
+A ``.pth`` is a pickle and is refused: convert it to ``.safetensors`` first (the error says how).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, check_safetensors_file
+from core.checkpoint import CheckpointError, check_safetensors_file, refuse_pickle_file
 from core.nvs.config import NVSConfig
 from core.nvs.model import NVSTransformer
 
@@ -34,15 +34,11 @@ def read_archonview(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        check_safetensors_file(path)
-        obj = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a tensor-only torch checkpoint ({type(e).__name__}: {e})") from None
+    if path.suffix != ".safetensors":
+        raise refuse_pickle_file(path)
+    from safetensors.torch import load_file
+    check_safetensors_file(path)
+    obj = load_file(str(path))
     for _ in range(4):  # ArchonView saves {'trainer': {'var_wo_ddp': state_dict, ...}, 'args': ...}
         if isinstance(obj, dict) and "pos_1LC" not in obj and not any(k.endswith(".pos_1LC") for k in obj):
             key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)

@@ -4,9 +4,10 @@ Our module names are VAR's (``encoder.down.N.block.M...``, ``quantize.embedding.
 ``quantize.quant_resi.qresi_ls.K.weight``, ``quant_conv``, ``post_quant_conv``, ``decoder.up...``),
 so conversion is: unwrap, drop training-only statistics, and check every name and shape
 against ``TokenizerConfig.var_published()`` with an error naming each mismatch. The result is
-written once as config.json + model.safetensors; inference never reads the pickle.
+written once as config.json + model.safetensors. The ``.pth`` itself is a pickle and is never
+opened here: convert it to ``.safetensors`` first (the error message says how).
 
-    python -m core.tokenizer.importer vae_ch160v4096z32.pth checkpoints/var-tokenizer
+    python -m core.tokenizer.importer vae_ch160v4096z32.safetensors checkpoints/var-tokenizer
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, check_safetensors_file, save_checkpoint
+from core.checkpoint import CheckpointError, check_safetensors_file, refuse_pickle_file, save_checkpoint
 from safetensors.torch import load_file
 
 from .config import TokenizerConfig
@@ -35,19 +36,14 @@ def expected_shapes(config: TokenizerConfig) -> dict[str, tuple[int, ...]]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A ``.safetensors`` file, or a torch ``.pth`` read with PyTorch's restricted loader
-    (``weights_only=True``: tensors and plain containers only, no code is run)."""
+    """A ``.safetensors`` file with VAR's names; a ``.pth`` is refused (a pickle: convert it first)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    if path.suffix == ".safetensors":
-        check_safetensors_file(path)
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (not a zip/pickle), ...
-        raise CheckpointError(f"{path}: not a tensor-only torch checkpoint ({type(e).__name__}: {e})") from None
-    return unwrap(obj, str(path))
+    if path.suffix != ".safetensors":
+        raise refuse_pickle_file(path)
+    check_safetensors_file(path)
+    return load_file(str(path))
 
 
 def unwrap(obj, source: str = "state dict") -> dict[str, torch.Tensor]:
