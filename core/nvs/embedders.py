@@ -49,11 +49,24 @@ class OpenCLIPEmbedder(nn.Module):
         super().__init__()
         if weights is None or not Path(weights).is_file():
             raise FileNotFoundError(f"open_clip weights file {weights!r} not found: this backend never downloads; "
-                                    f"pass a local {model_name} weights file (e.g. open_clip_pytorch_model.bin/.safetensors)")
+                                    f"pass a local {model_name} weights file (open_clip_model.safetensors)")
+        from core.checkpoint import CheckpointError, check_safetensors_file, refuse_pickle_file, validate_state_dict
+        if Path(weights).suffix != ".safetensors":
+            raise refuse_pickle_file(weights)  # open_clip would torch.load a .bin/.pt: never unpickle
+        check_safetensors_file(weights)
         from core.compat import ensure_torchvision
         ensure_torchvision()
         import open_clip
-        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(weights), device=device)
+        from safetensors.torch import load_file
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=None, device="cpu")
+        try:
+            sd = load_file(str(weights))
+        except Exception as e:
+            raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        validate_state_dict(model, sd, source=f"{weights} ({model_name})")
+        model.load_state_dict(sd, strict=True)
+        model = model.to(device)
         self.model, self.model_name = model.eval(), model_name
         size = model.visual.image_size
         self.size = size[0] if isinstance(size, (tuple, list)) else int(size)
