@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,6 +67,31 @@ def tokenizer_fingerprint(tok) -> str:
     with torch.no_grad():
         book = tok.lookup(torch.arange(tok.config.vocab_size)[None]).float().cpu().numpy()
     return hashlib.sha256(np.ascontiguousarray(book).tobytes()).hexdigest()[:16]
+
+
+MAX_CFG = 50.0
+
+
+def sampling_params(vocab_size: int, seed, cfg, top_k, top_p, temperature) -> tuple[int, float, int, float, float]:
+    """Validate the knobs a user turns: clamp where the meaning is obvious (top_k above the
+    vocabulary = no top-k; top_p above 1 = no top-p; guidance above MAX_CFG), else a clear
+    ValueError naming the parameter (NaN/inf, negative values, a non-integer seed)."""
+    def num(name, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        return v
+    num("seed", seed)
+    if float(seed) != int(seed) or not 0 <= int(seed) < 2 ** 63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if num("cfg", cfg) < 0:
+        raise ValueError(f"cfg (guidance) must be >= 0, got {cfg!r}")
+    if num("top_k", top_k) < 0 or float(top_k) != int(top_k):
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if num("top_p", top_p) < 0:
+        raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {top_p!r}")
+    if num("temperature", temperature) < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    return int(seed), min(float(cfg), MAX_CFG), min(int(top_k), vocab_size), min(float(top_p), 1.0), float(temperature)
 
 
 def check_pair(cfg: NVSConfig, tok, check_hash: bool = True) -> None:
@@ -159,6 +185,9 @@ class NVSPipeline:
                       embedding: np.ndarray | torch.Tensor | None = None) -> SourceHandle:
         """Tokenise + embed the source and cache its prefix; reuse the handle for every camera."""
         w2c = check_camera("source_w2c", source_w2c)
+        if fov_deg is not None and not (isinstance(fov_deg, (int, float, np.number)) and np.isfinite(fov_deg)
+                                        and 0 < fov_deg < 180):
+            raise ValueError(f"fov_deg must be finite in (0, 180), got {fov_deg!r}")
         x = self._image_tensor(image)
         idx = self.tok.encode_indices(x)
         codes = torch.cat([self.tok.lookup(i) for i in idx], dim=1)
@@ -210,6 +239,8 @@ class NVSPipeline:
     # ------------------------------------------------------------------ sampling
     def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
                 reuse_prefix=True) -> Iterator[tuple[int, torch.Tensor]]:
+        seed, cfg, top_k, top_p, temperature = sampling_params(self.model.config.vocab_size, seed, cfg, top_k,
+                                                               top_p, temperature)
         _, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix)
         it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
                                top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel)

@@ -17,6 +17,33 @@ import torch
 FieldFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # pts [..., N, 3] -> sigma [..., N], rgb [..., N, 3]
 
 
+class RenderOOMError(RuntimeError):
+    """Rendering ran out of device memory even with the smallest chunk of rays."""
+
+
+def is_oom(err: BaseException) -> bool:
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", ())
+    return bool(oom_type and isinstance(err, oom_type)) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def with_smaller_chunks(render: Callable[[int], tuple], chunk: int, floor: int = 256):
+    """Call ``render(chunk)``; on an out-of-memory error free the cache and retry with half
+    the rays per chunk, down to ``floor``, then raise a RenderOOMError that says what to do.
+    A big chunk is fastest, but another user's work may hold the memory it needs right now."""
+    while True:
+        try:
+            return render(chunk)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if chunk <= floor:
+                raise RenderOOMError(f"out of memory while rendering, even with {chunk} rays per chunk: "
+                                     "lower the render size or free the device") from e
+            chunk = max(floor, chunk // 2)
+
+
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, radius: float):
     """Entry/exit distances of rays through the cube [-radius, radius]^3 and whether they hit it."""
     inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)

@@ -11,7 +11,9 @@ from PIL import Image
 
 from core import cameras
 from core.mesh import MeshError, marching_cubes
-from core.recon.render import OccupancyRenderer, dense_render
+from core.recon.render import OccupancyRenderer, dense_render, with_smaller_chunks
+
+MAX_RENDER_SIZE = 2048
 
 
 class TriplaneScene:
@@ -80,16 +82,20 @@ class TriplaneScene:
     @torch.no_grad()
     def render_tensors(self, w2c, size: int = 128, fov_deg: float | None = None, n_samples: int | None = None):
         """rgb [S,S,3] in [0,1] on white, opacity [S,S], depth (ray distance) [S,S]."""
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_RENDER_SIZE:
+            raise ValueError(f"size must be an int in [1, {MAX_RENDER_SIZE}], got {size!r}")
+        if fov_deg is not None and not (np.isfinite(fov_deg) and 0 < fov_deg < 180):
+            raise ValueError(f"fov_deg must be finite in (0, 180), got {fov_deg!r}")
+        size = int(size)
         o, d = self._canonical_rays(w2c, size, fov_deg)
         n = n_samples or self.config.n_samples
         if self.device.type == "cuda":
             if self._occ is None:
                 self._occ = OccupancyRenderer(self.density_grid(63), self.config.box_radius, threshold=0.5)
-            rgb, op, dep = self._occ.render(self.field, o, d, n)
+            rgb, op, dep = with_smaller_chunks(lambda c: self._occ.render(self.field, o, d, n, chunk=c), 65536)
         else:
-            rgb, op, dep = dense_render(self.sparse_field, o, d, self.config.box_radius, n, chunk=4096)
+            rgb, op, dep = with_smaller_chunks(
+                lambda c: dense_render(self.sparse_field, o, d, self.config.box_radius, n, chunk=c), 4096)
         return rgb.view(size, size, 3), op.view(size, size), dep.view(size, size)
 
     def render(self, w2c, size: int = 128, fov_deg: float | None = None) -> Image.Image:
