@@ -368,10 +368,14 @@ class Backend:
         el = session.elevation if elevation is None else clamp("elevation", elevation, -89.0, 89.0)
         azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
+        cfg, top_p = clamp("guidance", cfg, 0.0, 20.0), clamp("top-p", top_p, 0.0, 1.0)
+        top_k, seed = int(clamp("top-k", top_k, 0, 1 << 20)), int(clamp("seed", seed, 0, 2**31 - 1))
         with self.compute:
-            src = self._source(session)
-            images = pipe.generate(src, session.source_w2c, targets, seed=int(seed), cfg=float(cfg),
-                                   top_k=int(top_k), top_p=float(top_p))
+            try:
+                src = self._source(session)
+                images = pipe.generate(src, session.source_w2c, targets, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
+            except ValueError as e:
+                raise UserError(f"Cannot generate these views: {e}") from None
         session.generated = list(zip(targets, images))[-8:]
         return [(im, f"azimuth {a:.0f}°") for im, a in zip(images, azs)]
 
@@ -386,6 +390,7 @@ class Backend:
         pipe = self.require("recon")
         if session.source is None:
             raise UserError("drop an image first")
+        mesh_resolution = int(clamp("mesh resolution", mesh_resolution, 32, 512))
         say = progress or (lambda f, m: None)
         images, cams = [session.source.image], [session.source_w2c]
         if use_generated:
@@ -418,7 +423,8 @@ class Backend:
         triplane instead, smaller (seconds a frame on a CPU)."""
         if session.mesh is None:
             raise UserError("lift the object to 3D first")
-        mesh, w2cs = session.mesh, cameras.orbit(int(frames), session.elevation, session.radius)
+        frames, size = int(clamp("orbit frames", frames, 4, 120)), int(clamp("orbit size", size, 32, 1024))
+        mesh, w2cs = session.mesh, cameras.orbit(frames, session.elevation, session.radius)
         try:
             from core.data.render import Renderer, parts_from_trimesh
             r = Renderer(size=int(size))

@@ -101,8 +101,8 @@ class Handlers:
         session = self._session(token)
         t0 = time.perf_counter()
         try:
-            for f in self.backend.stream_view(session, azimuth, elevation, distance, seed=int(seed),
-                                              cfg=guidance, top_k=int(top_k), top_p=top_p):
+            for f in self.backend.stream_view(session, azimuth, elevation, distance, seed=seed,
+                                              cfg=guidance, top_k=top_k, top_p=top_p):
                 tag = "final" if f.is_final else "preview"
                 yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s"
         except UserError as e:
@@ -110,8 +110,8 @@ class Handlers:
 
     def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float):
         try:
-            return self.backend.views_around(self._session(token), int(n), seed=int(seed), cfg=guidance,
-                                             top_k=int(top_k), top_p=top_p)
+            return self.backend.views_around(self._session(token), n, seed=seed, cfg=guidance,
+                                             top_k=top_k, top_p=top_p)  # the backend clamps (NaN: an error)
         except UserError as e:
             raise gr.Error(str(e)) from None
 
