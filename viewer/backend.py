@@ -431,8 +431,13 @@ class Backend:
         except Exception as e:  # no moderngl / EGL here: fall back to the NeRF renderer
             log.info("mesh renderer unavailable (%s); orbit from the triplane", e)
             with self.compute:
-                images = session.scene.render_orbit(n=max(4, int(frames) // 2), elevation_deg=session.elevation,
-                                                    radius=session.radius, size=96)
+                try:
+                    images = session.scene.render_orbit(n=max(4, int(frames) // 2), elevation_deg=session.elevation,
+                                                        radius=session.radius, size=96)
+                except RuntimeError as e:  # core.recon.render.RenderOOMError after its own retries
+                    if "out of memory" not in str(e):
+                        raise
+                    raise UserError(f"Orbit skipped: {e}") from None
         else:
             try:
                 r.set_asset(parts_from_trimesh(mesh))

@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    import faulthandler
+    import signal
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck run)
     G, M = args.gradio_clients, args.viser_clients
     tmp = Path(tempfile.mkdtemp(prefix="vantage-load-"))
     port = free_port()
@@ -200,9 +203,11 @@ def main(argv=None) -> int:
         wait_http(url, 180, proc)
         sessions = [gradio_session(url, photo(i, tmp / f"p{i}.png")) for i in range(G + M)]
         grad, vis_sess = sessions[:G], sessions[G:]
-        viser = [ViserWireClient(f"ws://127.0.0.1:{port}/viser/s/{tok}") for _, tok in vis_sess]
-        for j, w in enumerate(viser):                     # warm-up: each Viser session encodes its source once
-            w.view(float(j), 20.0, 2.0, timeout=TIMEOUT_S)
+        for j, (_, tok) in enumerate(vis_sess):           # connect, then at once send a first camera (a browser does)
+            viser.append(ViserWireClient(f"ws://127.0.0.1:{port}/viser/s/{tok}"))
+            if viser_view(viser[-1], 0.0, 20.0, 2.0, timeout=60)["final_s"] is None:
+                raise RuntimeError(f"viser client {j}: no frame for its first camera")
+        print("warm-up done", flush=True)
         stream_view(grad[0][0], 30, 20, 2.0, 0)           # warm-up of the Gradio path
         rss0 = rss_mb(proc.pid)
         samples, stop = [rss0], threading.Event()
