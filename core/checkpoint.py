@@ -79,6 +79,20 @@ def refuse_pickle_file(path: str | Path) -> CheckpointError:
         "(nested wrappers: pick the dict of tensors), then pass the .safetensors file")
 
 
+def read_third_party(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a third-party weights file for an importer: ``.safetensors`` only, header checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    if path.suffix != ".safetensors":
+        raise refuse_pickle_file(path)
+    check_safetensors_file(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+
+
 def load_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not Path(folder).is_dir():

@@ -1,6 +1,6 @@
 """Convert an official ArchonView checkpoint (+ VAR's tokenizer) into Vantage checkpoint folders.
 
-    python -m core.nvs.importer archonview_d16.pth vae_ch160v4096z32.pth checkpoints/archonview-d16 \
+    python -m core.nvs.importer archonview_d16.safetensors vae_ch160v4096z32.safetensors checkpoints/archonview-d16 \
         [--clip-weights ViT-L-14.safetensors]
 
 writes ``OUT/`` (NVS: config.json + model.safetensors) and ``OUT/tokenizer/`` (via
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, check_safetensors_file, refuse_pickle_file
+from core.checkpoint import CheckpointError, read_third_party
 from core.nvs.config import NVSConfig
 from core.nvs.model import NVSTransformer
 
@@ -32,13 +32,7 @@ _WRAPPERS = ("trainer", "var_wo_ddp", "var", "model", "state_dict", "module")
 
 def read_archonview(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    if path.suffix != ".safetensors":
-        raise refuse_pickle_file(path)
-    from safetensors.torch import load_file
-    check_safetensors_file(path)
-    obj = load_file(str(path))
+    obj = read_third_party(path)
     for _ in range(4):  # ArchonView saves {'trainer': {'var_wo_ddp': state_dict, ...}, 'args': ...}
         if isinstance(obj, dict) and "pos_1LC" not in obj and not any(k.endswith(".pos_1LC") for k in obj):
             key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, check_safetensors_file, refuse_pickle_file, save_checkpoint
-from safetensors.torch import load_file
+from core.checkpoint import CheckpointError, read_third_party, save_checkpoint
 
 from .config import TokenizerConfig
 from .vqvae import MultiScaleVQVAE
@@ -37,13 +36,7 @@ def expected_shapes(config: TokenizerConfig) -> dict[str, tuple[int, ...]]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``.safetensors`` file with VAR's names; a ``.pth`` is refused (a pickle: convert it first)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    if path.suffix != ".safetensors":
-        raise refuse_pickle_file(path)
-    check_safetensors_file(path)
-    return load_file(str(path))
+    return read_third_party(path)
 
 
 def unwrap(obj, source: str = "state dict") -> dict[str, torch.Tensor]:
