@@ -184,13 +184,15 @@ def _plain_background_mask(rgb: np.ndarray) -> np.ndarray | None:
     return fg
 
 
-def _finite_in(name: str, value: float, lo: float, hi: float) -> float:
+def finite_clamped(name: str, value, lo: float, hi: float, error: type[ValueError] = None) -> float:
+    """A finite float clamped to [lo, hi]; NaN/inf/non-numbers raise ``error`` naming ``name``."""
+    error = error or ImageInputError
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ImageInputError(f"{name} must be a number, got {value!r}") from None
+        raise error(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v):
-        raise ImageInputError(f"{name} must be finite, got {value!r}")
+        raise error(f"{name} must be finite, got {value!r}")
     return min(max(v, lo), hi)
 
 
@@ -202,8 +204,8 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
     square's side. A transparent image with nothing in it is an ``ImageInputError``;
     a photo whose background is not plain keeps the whole frame (``note`` says so).
     """
-    ratio = _finite_in("foreground_ratio", foreground_ratio, 0.3, 1.0)
-    size = int(_finite_in("size", size, 16, 2048))
+    ratio = finite_clamped("foreground_ratio", foreground_ratio, 0.3, 1.0)
+    size = int(finite_clamped("size", size, 16, 2048))
     if not isinstance(img, Image.Image) or img.mode not in ("RGB", "RGBA"):
         img = load_input_image(img)
     w, h = img.size

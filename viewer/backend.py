@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from core import cameras
-from core.preprocess import ImageInputError, PreprocessResult, load_input_image, preprocess
+from core.preprocess import ImageInputError, finite_clamped, PreprocessResult, load_input_image, preprocess
 
 log = logging.getLogger("vantage.viewer")
 
@@ -55,13 +55,7 @@ def gpu(fn: Callable) -> Callable:
 
 def clamp(name: str, value: Any, lo: float, hi: float) -> float:
     """A finite float clamped to [lo, hi]; NaN/inf/non-numbers are a ``UserError`` naming ``name``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise UserError(f"{name} must be finite, got {value!r}")
-    return min(max(v, lo), hi)
+    return finite_clamped(name, value, lo, hi, error=UserError)
 
 
 # ----------------------------------------------------------------------------- sessions
