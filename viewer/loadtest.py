@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import re
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.bench.app import ROOT, ViserWireClient, free_port, summary, wait_http
+from core.report import emit_json
 
 SCALE = re.compile(r"scale (\d+)/(\d+)")
 AZ = re.compile(r"azimuth (-?\d+)°")
@@ -288,10 +288,7 @@ def main(argv=None) -> int:
         ok = (rc == 0 and not stats.errors and result.get("isolation", {}).get("viser_frames_for_other_cameras") == 0
               and result["isolation"]["own_content_ok"] and result["server_rss_mb"]["growth"] < 200)
         result["pass"] = bool(ok)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
     return 0 if result["pass"] else 1
 
 

@@ -12,7 +12,6 @@ msgpack windows out); the viewer tests and the load test use it too.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+
+from core.report import emit_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -263,8 +264,5 @@ def main(argv=None) -> int:
             _, err = proc.communicate()
         if rc:
             result["server_stderr_tail"] = (err or "")[-1500:]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
     return rc

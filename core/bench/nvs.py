@@ -11,13 +11,13 @@ autocast. Ratios > 1 mean the first-named path is faster.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from core.report import emit_json
 
 
 def _median(fn, repeats: int) -> float:
@@ -143,11 +143,7 @@ def main(argv=None) -> int:
     res["targets"] = {"first_preview_le_0.1s": first <= 0.1, "full_view_le_1s": full <= 1.0,
                       "kv_cache_ge_3x": res["kv_cache_speedup"] >= 3, "ar_vs_diffusion50_ge_8x":
                       res["ar_vs_diffusion_50_speedup"] >= 8}
-    txt = json.dumps(res, indent=2)
-    print(txt)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(txt + "\n")
+    emit_json(res, a.out)
     return 0
 
 

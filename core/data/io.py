@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -96,9 +96,7 @@ def list_objects(root: str | Path, split: str | None = None) -> list[Path]:
     splits = [root / s for s in (("train", "val") if split is None else (split,)) if (root / s).is_dir()]
     if splits:
         return sorted(p for s in splits for p in s.iterdir() if is_object_dir(p))
-    if split is not None and any(is_object_dir(p) for p in root.iterdir()):
-        pass  # a plain folder of objects has no split: use all of it
-    return sorted(p for p in root.iterdir() if is_object_dir(p))
+    return sorted(p for p in root.iterdir() if is_object_dir(p))  # a plain folder of objects has no split
 
 
 def view_ids(obj: str | Path) -> list[str]:

@@ -9,7 +9,6 @@ generating the source camera itself against the source.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from core import metrics
 from core.data.io import DataError, index_objects, read_view
+from core.report import emit_json
 
 
 def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = None, seed: int = 0,
@@ -139,9 +139,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k != "per_object"}, indent=2))
+    emit_json(res, a.out, hide_in_print=("per_object",))
     return 0
 
 

@@ -11,7 +11,6 @@ would get).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from scipy.spatial import cKDTree
 from core import metrics
 from core.data.io import DataError, list_objects, load_image, object_fov, read_view, view_ids
 from core.mesh import MeshError
+from core.report import emit_json
 
 
 def mesh_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n: int = 10000, threshold: float = 0.1,
@@ -123,8 +123,5 @@ def main(argv=None) -> int:
     views = [v.strip() for v in args.input_views.split(",") if v.strip()]
     res = evaluate(pipe, objects, views, args.mc_resolution)
     res.update({"checkpoint": str(args.checkpoint), "data": str(root)})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k != "per_object"}, indent=2))
+    emit_json(res, args.out, hide_in_print=("per_object",))
     return 0

@@ -12,7 +12,6 @@ evaluated images; ``preview_psnr_per_scale[k]`` is the PSNR of the decode of the
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -25,6 +24,7 @@ from core.checkpoint import CheckpointError
 from core.data.io import DataError, image_to_tensor, list_objects, load_image, tensor_to_image, view_ids
 from core.metrics import psnr, ssim
 from core.tokenizer import MultiScaleVQVAE
+from core.report import emit_json
 
 
 def eval_paths(data, split: str, max_images: int | None, seed: int = 0) -> list[Path]:
@@ -102,11 +102,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res.update(data=str(a.data), split=a.split, checkpoint=str(a.checkpoint))
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    emit_json(res, a.out)
     return 0
 
 

@@ -5,7 +5,6 @@ weights load by name; see ``importer.py``.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
