@@ -128,6 +128,21 @@ def test_kv_cache_equals_full_recompute_and_prefix_reuse(pipe):
         assert np.abs(arr(x) - arr(y)).max() <= 1 and np.abs(arr(x) - arr(z)).max() <= 1
 
 
+def test_no_cache_baseline_caches_nothing(pipe, monkeypatch):
+    """The benchmark's no-KV-cache path re-runs the source prefix at every scale (its cache is a KV
+    cache too); the cached path runs it never (the handle holds it) and the null prefix once."""
+    h = pipe.encode_source(blob(), SRC)
+    pipe._uncond_kv = None
+    calls = []
+    real = pipe.model.encode_prefix
+    monkeypatch.setattr(pipe.model, "encode_prefix", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pipe.generate(h, None, TGTS[:1], cfg=2.0)
+    assert len(calls) == 1  # the null (unconditional) prefix, cached for good afterwards
+    calls.clear()
+    pipe.generate(h, None, TGTS[:1], cfg=2.0, use_cache=False)
+    assert len(calls) == 2 * pipe.num_scales  # source and null prefix, at every scale
+
+
 def test_seeded_reproducible_and_batch_invariant(pipe):
     h = pipe.encode_source(blob(), SRC)
     a = pipe.generate(h, None, TGTS, seed=7)

@@ -241,7 +241,9 @@ class NVSPipeline:
                 reuse_prefix=True) -> Iterator[tuple[int, torch.Tensor]]:
         seed, cfg, top_k, top_p, temperature = sampling_params(self.model.config.vocab_size, seed, cfg, top_k,
                                                                top_p, temperature)
-        _, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix)
+        # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
+        # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
+        _, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix and use_cache)
         it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
                                top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel)
         while True:
@@ -257,18 +259,9 @@ class NVSPipeline:
 
     @torch.no_grad()
     def decode_preview(self, f_hat: torch.Tensor, pn: int) -> Image.Image:
-        """A coarse scale holds at most pn x pn detail: decode f_hat area-downsampled to a
-        grid of G/4 (pn <= G/4) or G/2 (pn <= G/2), 16x / 4x cheaper, then upsample. Finer
-        scales (and ``fast_previews=False``) decode the full map."""
-        G = f_hat.shape[-1]
-        g = G if (not self.fast_previews or pn > G // 2) else (G // 4 if pn <= G // 4 else G // 2)
-        dec, pq = getattr(self.tok, "decoder", None), getattr(self.tok, "post_quant_conv", None)
-        if g == G or g < 2 or dec is None or pq is None:
-            return self.decode(f_hat)[0]
-        small = torch.nn.functional.interpolate(f_hat.float(), size=(g, g), mode="area")
-        img = dec(pq(small)).float()
-        img = torch.nn.functional.interpolate(img, size=(self.resolution,) * 2, mode="bicubic", align_corners=False)
-        return tensor_to_image(img[0].clamp(-1, 1))
+        """The tokenizer's preview decode (coarse scales at a lower grid, see
+        ``MultiScaleVQVAE.decode_preview``); full decode when ``fast_previews`` is off."""
+        return tensor_to_image(self.tok.decode_preview(f_hat, pn, fast=self.fast_previews)[0])
 
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,

@@ -58,9 +58,10 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
 
     cond [N,C] (and uncond [N,C] when guiding) are the AdaLN conditions; ``prefix_kv()``
-    returns the prefix keys/values for the whole (2N with CFG) batch — a cached list when
-    ``use_cache``, recomputed every scale otherwise (the no-cache baseline recomputes the
-    prefix and all earlier scales each step).
+    returns the prefix keys/values for the whole (2N with CFG) batch. With ``use_cache`` it is
+    called once and the keys/values of each new scale are appended; without, it is called
+    again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
+    re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all).
     """
     N, S = cond.shape[0], model.config.num_scales
     guided = uncond is not None and cfg != 0
