@@ -52,7 +52,8 @@ def test_default_config_is_the_documented_small_one():
 
 
 @pytest.mark.parametrize("kw, word", [(dict(resolution=40), "resolution"), (dict(patch_nums=(1, 4, 2, 8)), "patch_nums"),
-                                      (dict(ch=12), "norm_groups"), (dict(quant_resi=2.0), "quant_resi")])
+                                      (dict(ch=12), "norm_groups"), (dict(quant_resi=2.0), "quant_resi"),
+                                      (dict(chroma_gain=0.0), "chroma_gain")])
 def test_bad_config_is_named(kw, word):
     with pytest.raises(ValueError, match=word):
         tiny_config(**kw)
@@ -74,6 +75,43 @@ def test_encode_decode_shapes_and_consistency(tok):
     for si, i in enumerate(idx):
         f, _ = tok.next_input(si, f, i)
         assert torch.allclose(f, fhats[si], atol=1e-5)
+
+
+def test_opponent_colour_ends_precondition_chroma_and_keep_var_names():
+    from core.tokenizer.model import opponent_colour
+    rgb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.5]])
+    m1, m4 = opponent_colour(1.0), opponent_colour(4.0)
+    grey1, grey4 = rgb[3] @ m1.T, rgb[3] @ m4.T
+    assert torch.allclose(grey1, torch.tensor([0.5, 0.0, 0.0])) and torch.allclose(grey4, grey1)  # grey has no chroma
+    assert torch.allclose((rgb[:3] @ m4.T)[:, 1:], 4 * (rgb[:3] @ m1.T)[:, 1:])  # chroma scaled by the gain
+    # the decoder's output map turns chroma predicted 4x smaller back into full RGB chroma
+    out = torch.linalg.inv(opponent_colour(0.25))
+    pred = rgb[:3] @ opponent_colour(0.25).T
+    assert torch.allclose(pred @ out.T, rgb[:3], atol=1e-6)
+    torch.manual_seed(0)
+    plain, opp = MultiScaleVQVAE(tiny_config()), MultiScaleVQVAE(tiny_config(chroma_gain=4.0))
+    assert plain.state_dict().keys() == opp.state_dict().keys()  # fixed maps are not weights: VAR names unchanged
+    opp.load_state_dict(plain.state_dict())
+    x = images()
+    with torch.no_grad():  # same weights, different colour ends: the maps are really applied
+        assert not torch.allclose(plain.encoder(x), opp.encoder(x))
+        z = plain.encoder(x)
+        assert not torch.allclose(plain.decoder(z), opp.decoder(z))
+
+
+def test_preview_decode_is_cheap_for_coarse_scales_and_exact_for_fine(tok):
+    idxs, fhats = tok.encode_fhats(images())
+    G = tok.config.grid
+    for pn, fh in zip(tok.config.patch_nums, fhats):
+        fast, full = tok.decode_preview(fh, pn), tok.decode_preview(fh, pn, fast=False)
+        assert fast.shape == full.shape == (2, 3, 32, 32)
+        assert torch.allclose(full, tok.decode_fhat(fh))
+        if pn > G // 2:
+            assert torch.allclose(fast, full)
+        else:  # decoded from an area-downsampled map: a different, smoother image
+            assert not torch.allclose(fast, full)
+            tv = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()
+            assert tv(fast) < tv(full)
 
 
 def test_phi_is_partially_shared_as_in_var(tok):

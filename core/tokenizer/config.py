@@ -28,6 +28,7 @@ class TokenizerConfig:
     share_quant_resi: int = 4                     # number of partially shared phi convs
     quant_conv_ks: int = 3
     beta: float = 0.25                            # commitment weight
+    chroma_gain: float = 1.0                      # > 1: opponent-colour in/out (model.opponent_colour); 1 = RGB
     model_type: str = field(default="multiscale_vqvae", repr=False)
 
     def __post_init__(self):
@@ -49,6 +50,8 @@ class TokenizerConfig:
                 raise ValueError(f"channel width {c} is not divisible by norm_groups {self.norm_groups}")
         if self.vocab_size < 2 or self.latent_dim < 1 or self.share_quant_resi < 1:
             raise ValueError("vocab_size >= 2, latent_dim >= 1 and share_quant_resi >= 1 are required")
+        if not self.chroma_gain > 0:
+            raise ValueError(f"chroma_gain {self.chroma_gain} must be > 0")
         if not 0.0 <= self.quant_resi <= 1.0:
             raise ValueError(f"quant_resi {self.quant_resi} must be in [0, 1]")
 

@@ -5,6 +5,7 @@ weights load by name; see ``importer.py``.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -61,6 +62,22 @@ class Upsample2x(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def opponent_colour(gain: float) -> torch.Tensor:
+    """RGB -> (grey, gain * red-blue, gain * green-magenta): a fixed, invertible 3x3 map.
+
+    Chroma is a small share of a white-background render's variance; an autoencoder fed RGB
+    learns grey first and can stall there (colours collapse). Feeding and predicting the
+    opponent channels with the chroma scaled up by ``gain`` (and predicting them scaled down by
+    it: the decoder applies inv(opponent_colour(1 / gain))) preconditions both ends so colour
+    is learned as fast as brightness. ``gain`` 1 keeps plain RGB (VAR's layout)."""
+    g = float(gain)
+    return torch.tensor([[1 / 3, 1 / 3, 1 / 3], [g / 2, 0.0, -g / 2], [-g / 4, g / 2, -g / 4]])
+
+
+def _colour_mix(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("oc,bchw->bohw", m.to(x.dtype), x)
+
+
 def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
     lvl = nn.Module()
     lvl.block, lvl.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
@@ -83,6 +100,9 @@ class Encoder(nn.Module):
         super().__init__()
         g, n = cfg.norm_groups, len(cfg.ch_mult)
         self.patch = cfg.patch_size
+        self.colour = cfg.chroma_gain != 1.0
+        if self.colour:
+            self.register_buffer("colour_in", opponent_colour(cfg.chroma_gain), persistent=False)
         self.conv_in = nn.Conv2d(cfg.in_channels * self.patch ** 2, cfg.ch, 3, padding=1)
         self.down = nn.ModuleList()
         cin = cfg.ch
@@ -102,6 +122,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(cin, cfg.latent_dim, 3, padding=1)
 
     def forward(self, x):
+        x = _colour_mix(x, self.colour_in) if self.colour else x
         h = self.conv_in(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         for lvl in self.down:
             for j, blk in enumerate(lvl.block):
@@ -139,6 +160,9 @@ class Decoder(nn.Module):
         self.norm_out = _norm(cin, g)
         self.patch = cfg.patch_size
         self.conv_out = nn.Conv2d(cin, cfg.in_channels * self.patch ** 2, 3, padding=1)
+        self.colour = cfg.chroma_gain != 1.0
+        if self.colour:
+            self.register_buffer("colour_out", torch.linalg.inv(opponent_colour(1.0 / cfg.chroma_gain)), persistent=False)
 
     def forward(self, z):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
@@ -150,4 +174,5 @@ class Decoder(nn.Module):
             if hasattr(lvl, "upsample"):
                 h = lvl.upsample(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
-        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
+        h = F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
+        return _colour_mix(h, self.colour_out) if self.colour else h
