@@ -1,13 +1,15 @@
 """Evaluate a tokenizer checkpoint on a folder in the dataset format.
 
-    python -m core.eval tokenizer --data /work/data/corpus --checkpoint checkpoints/tokenizer --out val.json
+    python -m core.eval tokenizer --data data/corpus --checkpoint checkpoints/tokenizer --out val.json
 
 Prints and writes {"psnr", "ssim", "codebook_usage", "preview_psnr_per_scale", "n_images", ...}.
 A dataset root is evaluated on its ``val`` split (``--split``); a folder of object folders or
 one object folder is used whole. Images are area-resized to the model's resolution.
 ``codebook_usage`` is the fraction of codes used at least once over all scales of all
-evaluated images; ``preview_psnr_per_scale[k]`` is the PSNR of the decode of the partial
-``f_hat`` after scale k+1 against the original (the coarse-to-fine previews of the viewer).
+evaluated images; ``preview_psnr_per_scale[k]`` is the PSNR against the original of the
+preview of the partial ``f_hat`` after scale k+1, decoded as the viewer streams it
+(``MultiScaleVQVAE.decode_preview``: coarse scales at a lower grid, upsampled);
+``preview_psnr_per_scale_full_decode`` decodes every partial ``f_hat`` at the full grid.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def evaluate(model: MultiScaleVQVAE, paths: list[Path], batch_size: int = 16, pr
              progress: bool = True) -> dict:
     R, S, V = model.config.resolution, len(model.config.patch_nums), model.config.vocab_size
     hits = torch.zeros(V)
-    ps, ss, prev = [], [], [[] for _ in range(S)]
+    ps, ss, prev, prev_full = [], [], [[] for _ in range(S)], [[] for _ in range(S)]
     n_prev = 0
     t0 = time.time()
     for i in range(0, len(paths), batch_size):
@@ -57,9 +59,10 @@ def evaluate(model: MultiScaleVQVAE, paths: list[Path], batch_size: int = 16, pr
             ss.append(ssim(out, im))
         k = min(len(imgs), preview_images - n_prev)
         if k > 0:
-            for si in range(S):
-                dec = rec if si == S - 1 else model.decode_fhat(fhats[si][:k])
-                prev[si] += [psnr(tensor_to_image(d), im) for d, im in zip(dec[:k], imgs[:k])]
+            for si, pn in enumerate(model.config.patch_nums):
+                for out, fast in ((prev, True), (prev_full, False)):
+                    dec = rec if si == S - 1 else model.decode_preview(fhats[si][:k], pn, fast=fast)
+                    out[si] += [psnr(tensor_to_image(d), im) for d, im in zip(dec[:k], imgs[:k])]
             n_prev += k
         if progress:
             print(f"\r{min(i + batch_size, len(paths))}/{len(paths)} images, psnr {np.mean(ps):.2f}", end="",
@@ -67,11 +70,14 @@ def evaluate(model: MultiScaleVQVAE, paths: list[Path], batch_size: int = 16, pr
     if progress:
         print(file=sys.stderr)
     means = [float(np.mean(p)) for p in prev]
+    means_full = [float(np.mean(p)) for p in prev_full]
     return {
         "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
         "codebook_usage": float((hits > 0).float().mean()),
         "preview_psnr_per_scale": means,
         "preview_monotonic": all(b >= a for a, b in zip(means, means[1:])),
+        "preview_psnr_per_scale_full_decode": means_full,
+        "preview_full_decode_monotonic": all(b >= a for a, b in zip(means_full, means_full[1:])),
         "n_images": len(ps), "n_preview_images": n_prev,
         "patch_nums": list(model.config.patch_nums), "vocab_size": V, "resolution": R,
         "seconds": round(time.time() - t0, 1),
