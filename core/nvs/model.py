@@ -137,6 +137,10 @@ class NVSTransformer(nn.Module):
         E = self.config.embed_dim
         with torch.no_grad():  # identity on the embedding part (ArchonView meant this; its init overwrote it)
             self.pose_embed.weight[:, :E].copy_(torch.eye(E))
+            # prefix and target start with the same position/scale embeddings, so "attend to the
+            # same place in the source" (most of what a small camera move needs) is there from step 0
+            self.xpos_1LC.copy_(self.pos_1LC)
+            self.xlvl_embed.weight.copy_(self.lvl_embed.weight)
         self.head.weight.data.mul_(init_head)
         C, depth = self.config.width, self.config.depth
         for b in self.blocks:

@@ -55,10 +55,12 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- steps
-def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:
+def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then a cosine to ``floor`` x base, paced by steps or, with a time limit, by
+    wall time (whichever is further along), so a time-limited run still ends at the low lr."""
     if step < warmup:
         return base * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    p = min(1.0, max((step - warmup) / max(1, total - warmup), time_progress))
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="dataset root with train/ and val/")
     ap.add_argument("--tokenizer", default="checkpoints/tokenizer")
     ap.add_argument("--out", default="checkpoints/nvs")
-    ap.add_argument("--cache", default="/work/runs/nvs/tokens", help="pre-tokenised corpus cache")
+    ap.add_argument("--cache", default="data/nvs_tokens", help="pre-tokenised corpus cache (one sub-folder per tokenizer)")
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", default=None, help="start from these model weights (config must match)")
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--psnr-objects", type=int, default=4)
     ap.add_argument("--psnr-views", type=int, default=3)
     ap.add_argument("--ckpt-every", type=int, default=200)
-    ap.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many minutes")
+    ap.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many minutes of training in total (resumed runs included); the lr cosine follows it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
     run_loss = run_acc = 0.0
     n_run = 0
     while step < a.steps:
-        if a.time_limit and time.time() - t_start > a.time_limit * 60:
+        if a.time_limit and wall0 + time.time() - t_start > a.time_limit * 60:
             print("time limit reached", flush=True)
             break
         if a.online and a.follow_tokenizer and step and step % a.follow_tokenizer == 0 and _stamp(a.tokenizer) != tok_stamp:
@@ -275,7 +277,8 @@ def main(argv=None) -> int:
             if new:
                 sampler.objects.extend(new)
                 print(f"step {step}: +{len(new)} tokenised objects ({len(sampler.objects)})", flush=True)
-        lr = lr_at(step, a.lr, a.warmup, a.steps)
+        tp = (wall0 + time.time() - t_start) / (a.time_limit * 60) if a.time_limit else 0.0
+        lr = lr_at(step, a.lr, a.warmup, a.steps, time_progress=tp)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         b = sampler.batch(sampler.pairs(a.batch), device)

@@ -1,6 +1,6 @@
 """Train the multi-scale VQ tokenizer.
 
-    python -m core.train tokenizer --data /work/data/corpus --out /work/runs/tokenizer [--config cfg.json]
+    python -m core.train tokenizer --data data/corpus --out runs/tokenizer [--config cfg.json]
         [--steps N] [--batch-size B] [--resume] [--max-minutes M] [--latest DIR]
 
 Losses for white-background renders: L1 + L2 on pixels with object pixels weighted up, an
