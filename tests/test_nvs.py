@@ -106,6 +106,22 @@ def test_dropped_samples_ignore_condition_and_prefix(tok):
     assert 0.2 < nulled < 0.8
 
 
+def test_shared_prefix_forward_equals_one_prefix_per_target(pipe):
+    """k targets of one source share its prefix pass: same logits as the source repeated k times."""
+    m, tok = pipe.model, pipe.tok
+    L, C = m.config.num_tokens, m.config.latent_dim
+    g = torch.Generator().manual_seed(0)
+    emb, codes = torch.randn(2, m.config.embed_dim, generator=g), torch.randn(2, L, C, generator=g)
+    rel, x_tf = torch.randn(6, 4, generator=g), torch.randn(6, L - 1, C, generator=g)
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        shared = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=3)
+        each = m(emb.repeat_interleave(3, 0), rel, codes.repeat_interleave(3, 0), x_tf, drop=drop.repeat_interleave(3))
+    assert torch.allclose(shared, each, atol=1e-5)
+    with pytest.raises(ValueError, match="targets per source"):
+        m(emb, rel[:5], codes, x_tf[:5], targets_per_source=3)
+
+
 def test_teacher_forcing_matches_cached_sampling(pipe):
     """Greedy sampling with the KV cache picks argmax of the teacher-forced logits at every scale."""
     m, tok = pipe.model, pipe.tok

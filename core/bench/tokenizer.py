@@ -3,7 +3,9 @@
     python -m core.bench tokenizer --checkpoint checkpoints/tokenizer [--repeats 5] [--bf16]
 
 A preview decode is what the viewer pays after each scale: ``next_input`` (lookup,
-upsample, phi) plus ``decode_fhat`` of the partial map, batch 1. Medians, JSON on stdout.
+upsample, phi) plus the decode of the partial map, batch 1: at the full grid (what scales
+finer than G/2 pay) and, as ``coarse_preview_decode_ms``, at the lower grid
+``decode_preview`` uses for coarse scales. Medians, JSON on stdout.
 """
 from __future__ import annotations
 
@@ -43,11 +45,12 @@ def bench(model: MultiScaleVQVAE, repeats: int = 5, bf16: bool = False) -> dict:
     idx = model.encode_indices(x)
     f0 = model.empty_fhat(1)
 
-    def preview():
+    def preview(fast: bool):
         f, _ = model.next_input(0, f0, idx[0])
-        return model.decode_fhat(f)
+        return model.decode_preview(f, model.config.patch_nums[0], fast=fast)
     with ctx():
-        out["preview_decode_ms"] = _median_ms(preview, repeats)
+        out["preview_decode_ms"] = _median_ms(lambda: preview(False), repeats)
+        out["coarse_preview_decode_ms"] = _median_ms(lambda: preview(True), repeats)
     return out
 
 

@@ -88,14 +88,17 @@ class PairSampler:
         self.objects, self.zero_pose_rate = objects, zero_pose_rate
         self.rng = random.Random(seed)
 
-    def pairs(self, n: int) -> list[tuple[int, int, int]]:
-        out = []
-        for _ in range(n):
+    def pairs(self, n: int, targets_per_source: int = 1) -> list[tuple[int, int, int]]:
+        """n (object, source, target) triples; each source's ``targets_per_source`` targets are
+        consecutive (the model then runs that source's prefix once for all of them)."""
+        out, k = [], max(1, int(targets_per_source))
+        for _ in range(max(1, n // k)):
             o = self.rng.randrange(len(self.objects))
             V = len(self.objects[o].views)
             s = self.rng.randrange(V)
-            t = s if self.rng.random() < self.zero_pose_rate else self.rng.choice([v for v in range(V) if v != s])
-            out.append((o, s, t))
+            for _ in range(k):
+                t = s if self.rng.random() < self.zero_pose_rate else self.rng.choice([v for v in range(V) if v != s])
+                out.append((o, s, t))
         return out
 
     def batch(self, pairs, device="cpu") -> dict[str, torch.Tensor]:

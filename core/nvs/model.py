@@ -230,26 +230,40 @@ class NVSTransformer(nn.Module):
         return self.head(h).float()
 
     def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits [B, L, V].
+                drop: torch.Tensor | None = None, targets_per_source: int = 1) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] for B targets.
 
-        emb [B,E] image embedding; rel_pose [B,4]; src_codes [B,L,Cvae] source codebook vectors;
-        x_tf [B, L - first_l, Cvae] from ``tok.teacher_forcing_inputs``; drop [B] bool: which
-        samples get the unconditional branch (global condition AND prefix nulled). In training
-        mode it defaults to Bernoulli(cond_drop_rate) per sample, so CFG's branch is trained.
+        emb [Bs,E] image embedding and src_codes [Bs,L,Cvae] source codebook vectors, one per
+        source; rel_pose [B,4] and x_tf [B, L - first_l, Cvae] (``tok.teacher_forcing_inputs``)
+        one per target, where B = Bs * ``targets_per_source`` and each source's targets are
+        consecutive. With prefix_cond='source' the prefix depends on the source only, so it is
+        run once per source and shared by its targets (training's costliest part, saved k-1
+        times). drop [Bs] bool: which sources (with all their targets) get the unconditional
+        branch (global condition AND prefix nulled); in training mode it defaults to
+        Bernoulli(cond_drop_rate), so CFG's branch is trained.
         """
-        B = emb.shape[0]
+        k, B = int(targets_per_source), rel_pose.shape[0]
+        Bs = emb.shape[0]
+        if k < 1 or Bs * k != B or src_codes.shape[0] != Bs or x_tf.shape[0] != B:
+            raise ValueError(f"{Bs} sources x {k} targets per source != {B} target poses / {x_tf.shape[0]} inputs "
+                             f"({src_codes.shape[0]} source code sets)")
+        if k > 1 and self.config.prefix_cond == "full":
+            raise ValueError("prefix_cond='full' conditions the prefix on each target: it cannot be shared")
         if drop is None:
-            drop = (torch.rand(B, device=emb.device) < self.config.cond_drop_rate) if self.training \
-                else torch.zeros(B, dtype=torch.bool, device=emb.device)
-        d = drop[:, None]
-        cond = torch.where(d, self.null_condition(B), self.condition(emb, rel_pose))
+            drop = (torch.rand(Bs, device=emb.device) < self.config.cond_drop_rate) if self.training \
+                else torch.zeros(Bs, dtype=torch.bool, device=emb.device)
+        ds = drop[:, None]
+        d = ds.repeat_interleave(k, 0)
+        cond = torch.where(d, self.null_condition(B), self.condition(emb.repeat_interleave(k, 0), rel_pose))
         cond_p = cond if self.config.prefix_cond == "full" else \
-            torch.where(d, self.null_condition(B), self.source_condition(emb))
-        prefix = torch.where(d[:, :, None], self.null_prefix(B), self.embed_prefix(src_codes))
+            torch.where(ds, self.null_condition(Bs), self.source_condition(emb))
+        prefix = torch.where(ds[:, :, None], self.null_prefix(Bs), self.embed_prefix(src_codes))
+        kv = self.encode_prefix(prefix, cond_p)
+        if k > 1:
+            kv = [(pk.repeat_interleave(k, 0), pv.repeat_interleave(k, 0)) for pk, pv in kv]
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
                        + self.pos_1LC[:, self.first_l:]), dim=1)
-        h, _ = self.run(x, cond, self.encode_prefix(prefix, cond_p), self.target_mask())
+        h, _ = self.run(x, cond, kv, self.target_mask())
         return self.logits(h)
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:

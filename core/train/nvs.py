@@ -3,7 +3,8 @@
 Teacher-forced next-scale training of the NVS transformer on a frozen tokenizer:
 cross-entropy over all target tokens, AdamW (0.9, 0.95) with the pose path at 10x lr,
 grad clipping, per-sample condition dropout (so CFG's unconditional branch is trained),
-zero-pose pairs (source == target) at ``--zero-pose-rate``. The corpus is tokenised once
+zero-pose pairs (source == target) at ``--zero-pose-rate``, ``--targets-per-source`` targets
+sharing one run of their source's prefix. The corpus is tokenised once
 into ``--cache`` (re-done automatically for a different tokenizer). Periodic checkpoints
 (model + optimizer, all safetensors) go to ``OUT/ckpt-latest``; ``--resume`` continues
 from there. Logs train/val loss, token accuracy and PSNR of sampled val views.
@@ -64,16 +65,17 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1, t
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def model_inputs(model: NVSTransformer, tok, b: dict) -> tuple:
-    cfg = model.config
+def model_inputs(model: NVSTransformer, tok, b: dict, targets_per_source: int = 1) -> tuple:
+    """Batch -> forward inputs; with k targets per source the source rows are taken once (every k-th)."""
+    cfg, k = model.config, targets_per_source
     src = split_scales(b["src"], cfg.patch_nums)
     tgt = split_scales(b["tgt"], cfg.patch_nums)
     x_tf = tok.teacher_forcing_inputs(tgt)
-    codes = tok.lookup(b["src"])
+    codes = tok.lookup(b["src"][::k])
     if cfg.embedder == "cnn":
-        emb = model.embed_image(b["small"])
+        emb = model.embed_image(b["small"][::k])
     elif "emb" in b:
-        emb = b["emb"]
+        emb = b["emb"][::k]
     else:
         raise ValueError("embedder=open_clip training needs precomputed {i}e.npy embeddings in every object folder")
     return emb, b["rel_pose"], codes, x_tf, b["tgt"], src
@@ -138,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", type=float, default=2.0)
     ap.add_argument("--pose-lr-mult", type=float, default=10.0)
     ap.add_argument("--zero-pose-rate", type=float, default=0.15)
+    ap.add_argument("--targets-per-source", type=int, default=2,
+                    help="targets sharing one source prefix pass (batch must be a multiple; 1 = independent pairs)")
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
@@ -168,6 +172,10 @@ def main(argv=None) -> int:
                     help="bf16 autocast: auto = on for CUDA, off on CPU (measured 5x slower on AVX2-only CPUs)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.targets_per_source < 1 or a.batch % a.targets_per_source:
+        ap.error(f"--batch {a.batch} must be a positive multiple of --targets-per-source {a.targets_per_source}")
+    if a.targets_per_source > 1 and a.prefix_cond == "full":
+        ap.error("--prefix-cond full conditions the prefix on each target: use --targets-per-source 1")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
@@ -281,10 +289,11 @@ def main(argv=None) -> int:
         lr = lr_at(step, a.lr, a.warmup, a.steps, time_progress=tp)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        b = sampler.batch(sampler.pairs(a.batch), device)
+        k = 1 if a.online else a.targets_per_source  # the online sampler groups its own pairs
+        b = sampler.batch(sampler.pairs(a.batch) if a.online else sampler.pairs(a.batch, k), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b)
-            logits = model(emb, rel, codes, x_tf)
+            emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
+            logits = model(emb, rel, codes, x_tf, targets_per_source=k)
         loss, acc = loss_acc(logits.float(), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
