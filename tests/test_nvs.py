@@ -352,3 +352,20 @@ def test_open_clip_embedder_local_weights(tmp_path):
     assert emb.null_text_embedding().shape == (32,)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         OpenCLIPEmbedder(name, tmp_path / "missing.safetensors")
+
+
+def test_benchmark_cli_reports_every_ratio(pipe, tmp_path):
+    """The speed benchmarks run end to end (on tiny models; the numbers themselves are not checked here)."""
+    from core.bench.nvs import main as bench_nvs
+    from core.bench.tokenizer import main as bench_tok
+    pipe.model.save_pretrained(tmp_path / "nvs")
+    pipe.tok.save_pretrained(tmp_path / "tokenizer")
+    assert bench_nvs(["--checkpoint", str(tmp_path / "nvs"), "--repeats", "1", "--threads", "1", "--no-bf16",
+                      "--out", str(tmp_path / "nvs.json")]) == 0
+    res = json.loads((tmp_path / "nvs.json").read_text())
+    for key in ("first_preview_s", "full_view_s", "per_scale_s"):
+        assert key in res["stream_all_previews"]
+    for key in ("kv_cache_speedup", "prefix_reuse_speedup", "ar_vs_diffusion_25_speedup", "ar_vs_diffusion_50_speedup"):
+        assert math.isfinite(res[key]) and res[key] > 0
+    assert len(res["stream_all_previews"]["per_scale_s"]) == pipe.num_scales
+    assert bench_tok(["--checkpoint", str(tmp_path / "tokenizer"), "--repeats", "1", "--threads", "1"]) == 0
