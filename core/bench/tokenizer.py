@@ -3,9 +3,9 @@
     python -m core.bench tokenizer --checkpoint checkpoints/tokenizer [--repeats 5] [--bf16]
 
 A preview decode is what the viewer pays after each scale: ``next_input`` (lookup,
-upsample, phi) plus the decode of the partial map, batch 1: at the full grid (what scales
-finer than G/2 pay) and, as ``coarse_preview_decode_ms``, at the lower grid
-``decode_preview`` uses for coarse scales. Medians, JSON on stdout.
+upsample, phi) plus the decode of the partial map, batch 1: at the full grid (the default)
+and, as ``coarse_preview_decode_ms``, at the lower grid of ``decode_preview(fast=True)``.
+Medians, JSON on stdout.
 """
 from __future__ import annotations
 

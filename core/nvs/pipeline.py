@@ -131,7 +131,7 @@ class NVSPipeline:
         # bf16 autocast: measured faster on CPUs with AVX-512 bf16 and on GPUs; off = exact fp32
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         self._uncond_kv: list[KV] | None = None
-        self.fast_previews = True  # coarse previews decoded at a lower grid (see decode_preview)
+        self.fast_previews = False  # True: coarse previews decoded at a lower grid (cheaper, blurrier)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -259,8 +259,8 @@ class NVSPipeline:
 
     @torch.no_grad()
     def decode_preview(self, f_hat: torch.Tensor, pn: int) -> Image.Image:
-        """The tokenizer's preview decode (coarse scales at a lower grid, see
-        ``MultiScaleVQVAE.decode_preview``); full decode when ``fast_previews`` is off."""
+        """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``):
+        the full grid, or with ``fast_previews`` coarse scales at a lower grid."""
         return tensor_to_image(self.tok.decode_preview(f_hat, pn, fast=self.fast_previews)[0])
 
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
