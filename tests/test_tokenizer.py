@@ -53,7 +53,8 @@ def test_default_config_is_the_documented_small_one():
 
 @pytest.mark.parametrize("kw, word", [(dict(resolution=40), "resolution"), (dict(patch_nums=(1, 4, 2, 8)), "patch_nums"),
                                       (dict(ch=12), "norm_groups"), (dict(quant_resi=2.0), "quant_resi"),
-                                      (dict(chroma_gain=0.0), "chroma_gain")])
+                                      (dict(chroma_gain=0.0), "chroma_gain"),
+                                      (dict(chroma_gain=4.0, in_channels=1), "chroma_gain")])
 def test_bad_config_is_named(kw, word):
     with pytest.raises(ValueError, match=word):
         tiny_config(**kw)

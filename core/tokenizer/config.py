@@ -52,6 +52,8 @@ class TokenizerConfig:
             raise ValueError("vocab_size >= 2, latent_dim >= 1 and share_quant_resi >= 1 are required")
         if not self.chroma_gain > 0:
             raise ValueError(f"chroma_gain {self.chroma_gain} must be > 0")
+        if self.chroma_gain != 1.0 and self.in_channels != 3:
+            raise ValueError(f"chroma_gain {self.chroma_gain} needs RGB input (in_channels 3, got {self.in_channels})")
         if not 0.0 <= self.quant_resi <= 1.0:
             raise ValueError(f"quant_resi {self.quant_resi} must be in [0, 1]")
 
