@@ -140,8 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", type=float, default=2.0)
     ap.add_argument("--pose-lr-mult", type=float, default=10.0)
     ap.add_argument("--zero-pose-rate", type=float, default=0.15)
-    ap.add_argument("--targets-per-source", type=int, default=2,
-                    help="targets sharing one source prefix pass (batch must be a multiple; 1 = independent pairs)")
+    ap.add_argument("--targets-per-source", type=int, default=None,
+                    help="targets sharing one source prefix pass (batch must be a multiple; 1 = independent "
+                         "pairs); default 2, or 1 with --prefix-cond full")
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
@@ -172,6 +173,8 @@ def main(argv=None) -> int:
                     help="bf16 autocast: auto = on for CUDA, off on CPU (measured 5x slower on AVX2-only CPUs)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.targets_per_source is None:
+        a.targets_per_source = 1 if a.prefix_cond == "full" else 2
     if a.targets_per_source < 1 or a.batch % a.targets_per_source:
         ap.error(f"--batch {a.batch} must be a positive multiple of --targets-per-source {a.targets_per_source}")
     if a.targets_per_source > 1 and a.prefix_cond == "full":
