@@ -122,34 +122,6 @@ def gradio_worker(i, c, deadline, stats, rec):
             time.sleep(1.0)
 
 
-def viser_view(ws: ViserWireClient, az: float, el: float, r: float, timeout: float = TIMEOUT_S) -> dict:
-    """Like ``ViserWireClient.view`` but keeps *every* status line that arrives (not only
-    the ones for this camera), so frames meant for another camera cannot hide."""
-    t0 = ws.send_camera(az, el, r)
-    tag = f"azimuth {((az + 180) % 360) - 180:.0f}°"
-    out = {"first_s": None, "final_s": None, "frames": [], "labels": []}
-    img, deadline = None, t0 + timeout
-    while time.perf_counter() < deadline:
-        for t, m in ws.messages(timeout=max(0.05, deadline - time.perf_counter())):
-            if m.get("type") == "BackgroundImageMessage" and m.get("rgb_data"):
-                img = (t - t0, bytes(m["rgb_data"]))
-            text = ws.status_text(m)
-            if text and "azimuth" in text:
-                out["labels"].append(text)
-                if tag in text and img is not None:
-                    out["frames"].append(img)
-                    out["first_s"] = img[0] if out["first_s"] is None else out["first_s"]
-                    img = None
-                    if "final" in text:
-                        out["final_s"] = t - t0
-                        return out
-            if time.perf_counter() > deadline:
-                break
-        else:
-            break
-    return out
-
-
 def viser_worker(j, m, ws, deadline, stats, rec):
     rng = random.Random(200 + j)
     sent: set[int] = set()
@@ -158,7 +130,7 @@ def viser_worker(j, m, ws, deadline, stats, rec):
         el, r = rng.randrange(-5, 35), round(rng.uniform(1.7, 2.5), 2)
         sent.add(az)
         try:
-            res = viser_view(ws, az, el, r)
+            res = ws.view(az, el, r, timeout=TIMEOUT_S, all_labels=True)
             if res["final_s"] is None:
                 raise RuntimeError(f"no final frame for azimuth {az} ({len(res['frames'])} frames)")
             rec["first"].append(res["first_s"])
@@ -205,7 +177,7 @@ def main(argv=None) -> int:
         grad, vis_sess = sessions[:G], sessions[G:]
         for j, (_, tok) in enumerate(vis_sess):           # connect, then at once send a first camera (a browser does)
             viser.append(ViserWireClient(f"ws://127.0.0.1:{port}/viser/s/{tok}"))
-            if viser_view(viser[-1], 0.0, 20.0, 2.0, timeout=60)["final_s"] is None:
+            if viser[-1].view(0.0, 20.0, 2.0, timeout=60, all_labels=True)["final_s"] is None:
                 raise RuntimeError(f"viser client {j}: no frame for its first camera")
         print("warm-up done", flush=True)
         stream_view(grad[0][0], 30, 20, 2.0, 0)           # warm-up of the Gradio path
@@ -250,14 +222,15 @@ def main(argv=None) -> int:
                 for (az, el, r, seed), got in rec["done"][: args.replays]:
                     _, _, _, ref = stream_view(owners[k], az, el, r, seed)
                     same.append(diff(got, small(ref)))
-                    o = owners[(k + 1) % len(owners)]                       # another client's photo, same camera
-                    other.append(diff(got, small(stream_view(o, az, el, r, seed)[3])))
+                    if len(owners) > 1:                                     # another client's photo, same camera
+                        o = owners[(k + 1) % len(owners)]
+                        other.append(diff(got, small(stream_view(o, az, el, r, seed)[3])))
                     checked += 1
         result["isolation"] = {
             "viser_frames_checked": sum(len(r["labels"]) for r in vrec), "viser_frames_for_other_cameras": foreign,
             "replayed_requests": checked,
             "replay_mean_abs_diff_own": summary_plain(same), "replay_mean_abs_diff_other_client": summary_plain(other),
-            "own_content_ok": bool(same) and max(same) < 4.0 and min(other) > 2 * max(same),
+            "own_content_ok": bool(same) and max(same) < 4.0 and (not other or min(other) > 2 * max(same)),
             "note": "mean |difference| in 0..255 at 64x64 px between the final frame received under load and the "
                     "same request replayed alone (own), and the same camera/seed on another client's photo (other)"}
         result["gradio"] = {"requests": sum(len(r["final"]) for r in grec),

@@ -113,10 +113,13 @@ class ViserWireClient:
             return c if isinstance(c, str) else None
         return None
 
-    def view(self, azimuth: float, elevation: float, radius: float, timeout: float = 60.0, size=(512, 512)):
+    def view(self, azimuth: float, elevation: float, radius: float, timeout: float = 60.0, size=(512, 512),
+             all_labels: bool = False):
         """Send one camera and collect its frames until the final one.
 
-        Returns dict(first_s, final_s, frames=[(t_rel, jpeg bytes)], labels=[status texts])."""
+        Returns dict(first_s, final_s, frames=[(t_rel, jpeg bytes)], labels=[status texts]).
+        ``labels`` holds the status lines of this camera's frames, or with ``all_labels`` every
+        camera status line that arrived (so frames meant for another camera cannot hide)."""
         t0 = self.send_camera(azimuth, elevation, radius, size=size)
         a = math.radians(azimuth)
         tag = f"azimuth {math.degrees(math.atan2(math.sin(a), math.cos(a))):.0f}°"
@@ -130,9 +133,12 @@ class ViserWireClient:
                 if m.get("type") == "BackgroundImageMessage" and m.get("rgb_data"):
                     pending_img = (t - t0, bytes(m["rgb_data"]))
                 text = self.status_text(m)
+                if all_labels and text and "azimuth" in text:
+                    out["labels"].append(text)
                 if text and tag in text and pending_img is not None:
                     out["frames"].append(pending_img)
-                    out["labels"].append(text)
+                    if not all_labels:
+                        out["labels"].append(text)
                     if out["first_s"] is None:
                         out["first_s"] = pending_img[0]
                     pending_img = None
