@@ -178,13 +178,10 @@ HOW_TO_GET = {
 
 def _load_nvs(ckpt: Path, device: str):
     from core.nvs import NVSPipeline  # noqa: deferred: the viewer must start without it
-    # the tokenizer the NVS model was trained with may ship inside it (nvs/tokenizer/); else tokenizer/
-    tok = next((d for d in (ckpt / "nvs" / "tokenizer", ckpt / "tokenizer") if (d / "model.safetensors").is_file()),
-               ckpt / "tokenizer")
-    for folder in (ckpt / "nvs", tok):
-        if not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing")
-    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), tokenizer=str(tok), device=device)
+    if not (ckpt / "nvs" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{ckpt / 'nvs' / 'model.safetensors'} is missing")
+    # the pipeline finds the tokenizer: the one bundled in nvs/tokenizer/, else the sibling tokenizer/
+    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), device=device)
 
 
 def _load_recon(ckpt: Path, device: str):
