@@ -47,7 +47,7 @@ def randomize(model: NVSTransformer, seed=0) -> NVSTransformer:
 @pytest.fixture(scope="module")
 def pipe(tok):
     torch.manual_seed(0)
-    return NVSPipeline(randomize(NVSTransformer(small_cfg(tok))), tok)
+    return NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True))), tok)  # every path with the gate
 
 
 def blob(color=(200, 40, 40), size=48) -> Image.Image:
@@ -66,6 +66,16 @@ def arr(img):
 
 
 # ----------------------------------------------------------------------------- model
+def test_attention_start_temperature_is_configurable(tok):
+    """VAR starts its cosine attention at temperature 4; copying one prefix token out of ~2L
+    needs a sharper start, so it is a config field (learned and capped at 100 afterwards)."""
+    m = NVSTransformer(small_cfg(tok, attn_temp_init=16.0))
+    assert all(torch.allclose(b.attn.scale_mul_1H11.exp(), torch.tensor(16.0)) for b in m.blocks)
+    assert torch.allclose(NVSTransformer(small_cfg(tok)).blocks[0].attn.scale_mul_1H11.exp(), torch.tensor(4.0))
+    for bad in (0.0, -1.0, 101.0):
+        with pytest.raises(ValueError, match="attn_temp_init"):
+            small_cfg(tok, attn_temp_init=bad)
+
 def test_block_causal_mask_and_bidirectional_prefix(tok):
     m = randomize(NVSTransformer(small_cfg(tok)))
     B, L = 1, m.config.num_tokens
@@ -113,13 +123,17 @@ def test_shared_prefix_forward_equals_one_prefix_per_target(pipe):
     g = torch.Generator().manual_seed(0)
     emb, codes = torch.randn(2, m.config.embed_dim, generator=g), torch.randn(2, L, C, generator=g)
     rel, x_tf = torch.randn(6, 4, generator=g), torch.randn(6, L - 1, C, generator=g)
+    src = torch.randint(m.config.vocab_size, (2, L), generator=g)
     drop = torch.tensor([False, True])
     with torch.no_grad():
-        shared = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=3)
-        each = m(emb.repeat_interleave(3, 0), rel, codes.repeat_interleave(3, 0), x_tf, drop=drop.repeat_interleave(3))
+        shared = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=3, src_idx=src)
+        each = m(emb.repeat_interleave(3, 0), rel, codes.repeat_interleave(3, 0), x_tf, drop=drop.repeat_interleave(3),
+                 src_idx=src.repeat_interleave(3, 0))
     assert torch.allclose(shared, each, atol=1e-5)
     with pytest.raises(ValueError, match="targets per source"):
-        m(emb, rel[:5], codes, x_tf[:5], targets_per_source=3)
+        m(emb, rel[:5], codes, x_tf[:5], targets_per_source=3, src_idx=src)
+    with pytest.raises(ValueError, match="src_idx"):
+        m(emb, rel, codes, x_tf, targets_per_source=3)
 
 
 def test_teacher_forcing_matches_cached_sampling(pipe):
@@ -128,11 +142,43 @@ def test_teacher_forcing_matches_cached_sampling(pipe):
     h = pipe.encode_source(blob(), SRC)
     from core.nvs.sampling import next_scale_sample
     _, cond, _, kv = pipe._prepare(h, None, TGTS[:1], cfg=0)
-    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0)]
+    src = torch.cat(h.indices, 1)
+    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0, src_idx=src)]
     rel = torch.from_numpy(cameras.relative_pose(SRC, TGTS[0]))[None]
     with torch.no_grad():
-        logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx))
+        logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx), src_idx=src)
     assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
+
+
+def test_copy_gate_adds_to_the_source_token_and_never_in_the_unconditional_branch(tok):
+    m = randomize(NVSTransformer(small_cfg(tok, copy_gate=True)))
+    L = m.config.num_tokens
+    g = torch.Generator().manual_seed(1)
+    emb, rel, codes = torch.randn(2, 16, generator=g), torch.randn(2, 4, generator=g), torch.randn(2, L, 8, generator=g)
+    x_tf, src = torch.randn(2, L - 1, 8, generator=g), torch.randint(64, (2, L), generator=g)
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        out = m(emb, rel, codes, x_tf, drop=drop, src_idx=src)
+        m.copy_gate.bias += 100.0
+        boosted = m(emb, rel, codes, x_tf, drop=drop, src_idx=src)
+    assert torch.equal(boosted[0].argmax(-1), src[0])                  # conditional row copies the source
+    assert torch.allclose(boosted[1], out[1])                            # unconditional row: no source, no copy
+    diff = boosted[0] - out[0]
+    assert torch.allclose(diff.sum(-1), torch.full((L,), 100.0)) and torch.allclose(diff.max(-1).values, diff.sum(-1))
+    assert NVSTransformer(small_cfg(tok, copy_gate=True)).copy_gate.weight.abs().sum() == 0  # starts as the plain model
+
+
+def test_open_copy_gate_reproduces_the_source_at_zero_pose(tok):
+    """Greedy sampling with a wide-open gate at the source camera returns the tokenizer's own
+    reconstruction of the source: the gate is wired to the right scale and position."""
+    m = randomize(NVSTransformer(small_cfg(tok, copy_gate=True)))
+    with torch.no_grad():
+        m.copy_gate.bias += 1e4
+    p = NVSPipeline(m, tok)
+    h = p.encode_source(blob(), SRC)
+    out = p.generate(h, None, [SRC, TGTS[0]], seed=0, cfg=3.0, temperature=0.0)
+    ref = p.decode(tok.quantize.indices_to_fhat(h.indices))[0]
+    assert np.array_equal(arr(out[0]), arr(ref)) and np.array_equal(arr(out[1]), arr(ref))
 
 
 def test_kv_cache_equals_full_recompute_and_prefix_reuse(pipe):

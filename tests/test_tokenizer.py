@@ -352,3 +352,27 @@ def test_train_resume_and_eval_cli(tmp_path):
     assert len(res["preview_psnr_per_scale"]) == 4 and 0 < res["codebook_usage"] <= 1
     assert set(res) >= {"psnr", "ssim", "codebook_usage", "preview_psnr_per_scale", "n_images"}
     assert eval_main(["--data", str(tmp_path / "nope"), "--checkpoint", str(run / "ckpt-latest")]) == 2
+
+
+def test_decoder_finetune_keeps_every_token(tmp_path):
+    """--train decoder changes only post_quant_conv + decoder: the codebook, phi and encoder (so
+    every image's tokens, and the NVS pairing fingerprint) are bit-identical."""
+    from core.nvs.pipeline import tokenizer_fingerprint
+    from core.train.tokenizer import main as train_main
+    from safetensors.torch import load_file
+    data = make_data(tmp_path / "data")
+    torch.manual_seed(1)
+    base = MultiScaleVQVAE(tiny_config())
+    base.save_pretrained(tmp_path / "base")
+    run = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(run), "--init", str(tmp_path / "base"), "--train", "decoder",
+            "--batch-size", "2", "--val-every", "2", "--val-images", "2", "--steps", "3"]
+    assert train_main(args) == 0
+    a, b = load_file(str(tmp_path / "base" / "model.safetensors")), load_file(str(run / "ckpt-latest" / "model.safetensors"))
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    tuned = MultiScaleVQVAE.from_pretrained(run / "ckpt-latest")
+    assert tokenizer_fingerprint(tuned) == tokenizer_fingerprint(base)
+    x = images(2)
+    assert all(torch.equal(i, j) for i, j in zip(base.encode_indices(x), tuned.encode_indices(x)))
+    assert train_main(["--data", str(data), "--out", str(tmp_path / "r2"), "--init", str(tmp_path / "nope")]) == 2

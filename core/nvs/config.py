@@ -18,6 +18,12 @@ class NVSConfig:
     modulates the prefix with the pose-free condition (the source seen from itself), so its
     KV cache depends only on the source image and is reused for every target camera;
     ``"full"`` is ArchonView's (the prefix sees the target pose too; cached per camera).
+
+    ``copy_gate`` (not in ArchonView, off for imports) adds a pointer-generator style copy
+    path: a scalar gate read from each target token's final hidden state is added to the
+    logit of the source token at the same scale and position. Reproducing the source (zero
+    relative pose) and keeping what a camera move leaves in place then need one learned
+    scalar per token, not a sharp attention pattern that a small model learns late.
     """
     depth: int = 4
     width: int = 256
@@ -25,8 +31,10 @@ class NVSConfig:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     attn_l2_norm: bool = True
+    attn_temp_init: float = 4.0           # start temperature of the cosine attention (VAR: 4; learned after)
     cond_drop_rate: float = 0.1
     prefix_cond: str = "source"
+    copy_gate: bool = False               # pointer-style copy of the source token at the same place (ours)
     # tokenizer it was trained with (checked at load: a mismatched pair is refused)
     vocab_size: int = 1024
     latent_dim: int = 32
@@ -56,6 +64,8 @@ class NVSConfig:
             raise ValueError(f"embedder {self.embedder!r} must be one of {EMBEDDERS}")
         if self.prefix_cond not in PREFIX_CONDS:
             raise ValueError(f"prefix_cond {self.prefix_cond!r} must be one of {PREFIX_CONDS}")
+        if not 0.0 < self.attn_temp_init <= 100.0:
+            raise ValueError(f"attn_temp_init {self.attn_temp_init} must be in (0, 100] (the learned temperature is capped at 100)")
         if not 0.0 <= self.cond_drop_rate < 1.0:
             raise ValueError(f"cond_drop_rate {self.cond_drop_rate} must be in [0, 1)")
 

@@ -5,7 +5,8 @@ the source view's multi-scale codebook vectors (shared ``word_embed`` plus its o
 ``xlvl_embed``/``xpos_1LC``) and attends only to itself, bidirectionally. Target tokens of
 scale s see the whole prefix and target scales <= s (block-causal). The global condition
 ``emb_linear(pose_embed([image embedding, relative pose]))`` is the AdaLN input of every
-block and the start token; there is no AdaLN before the head.
+block and the start token; there is no AdaLN before the head. With ``copy_gate`` (ours, see
+``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place.
 
 Parameter names follow ArchonView's ``models/var.py`` / ``basic_var.py`` so its published
 weights map over by name (see ``importer.py``).
@@ -29,13 +30,13 @@ KV = tuple[torch.Tensor, torch.Tensor]  # per block: keys, values [B, H, T, head
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int, l2_norm: bool):
+    def __init__(self, width: int, heads: int, l2_norm: bool, temp_init: float = 4.0):
         super().__init__()
         self.heads, self.head_dim, self.l2_norm = heads, width // heads, l2_norm
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
         if l2_norm:  # VAR's cosine attention with a learned per-head temperature (stable at any depth)
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), float(temp_init)).log())
         self.proj = nn.Linear(width, width)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,7 +78,7 @@ class AdaLNSelfAttn(nn.Module):
         C = cfg.width
         self.C = C
         self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm, cfg.attn_temp_init)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
@@ -118,6 +119,7 @@ class NVSTransformer(nn.Module):
         self.xlvl_embed = nn.Embedding(cfg.num_scales, C)
         self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
         self.head = nn.Linear(C, cfg.vocab_size)
+        self.copy_gate = nn.Linear(C, 1) if cfg.copy_gate else None
         lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(cfg.patch_nums)])
         self.register_buffer("lvl_1L", lvl[None], persistent=False)
         self.begin_ends = [(sum(p * p for p in cfg.patch_nums[:i]), sum(p * p for p in cfg.patch_nums[:i + 1]))
@@ -142,6 +144,9 @@ class NVSTransformer(nn.Module):
             self.xpos_1LC.copy_(self.pos_1LC)
             self.xlvl_embed.weight.copy_(self.lvl_embed.weight)
         self.head.weight.data.mul_(init_head)
+        if self.copy_gate is not None:  # starts as the plain model; the gate is learned
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.zeros_(self.copy_gate.bias)
         C, depth = self.config.width, self.config.depth
         for b in self.blocks:
             b.attn.proj.weight.data.div_(math.sqrt(2 * depth))
@@ -226,11 +231,24 @@ class NVSTransformer(nn.Module):
             new.append(kv)
         return x, new
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h).float()
+    def logits(self, h: torch.Tensor, src_idx: torch.Tensor | None = None, start: int = 0,
+               use_copy: torch.Tensor | None = None) -> torch.Tensor:
+        """Head logits [B, T, V] of target tokens ``start .. start+T``. With the copy gate and
+        ``src_idx`` [B, L] (the source's token indices), each token's gate value is added to
+        the logit of the source token at the same index; ``use_copy`` [B] bool switches it off
+        for rows without a source (the unconditional branch)."""
+        out = self.head(h).float()
+        if self.copy_gate is None or src_idx is None:
+            return out
+        g = self.copy_gate(h).float()
+        if use_copy is not None:
+            g = g * use_copy.to(g.dtype)[:, None, None]
+        idx = src_idx[:, start:start + h.shape[1]].long()
+        return out.scatter_add(-1, idx[..., None], g)
 
     def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
-                drop: torch.Tensor | None = None, targets_per_source: int = 1) -> torch.Tensor:
+                drop: torch.Tensor | None = None, targets_per_source: int = 1,
+                src_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, L, V] for B targets.
 
         emb [Bs,E] image embedding and src_codes [Bs,L,Cvae] source codebook vectors, one per
@@ -240,7 +258,8 @@ class NVSTransformer(nn.Module):
         run once per source and shared by its targets (training's costliest part, saved k-1
         times). drop [Bs] bool: which sources (with all their targets) get the unconditional
         branch (global condition AND prefix nulled); in training mode it defaults to
-        Bernoulli(cond_drop_rate), so CFG's branch is trained.
+        Bernoulli(cond_drop_rate), so CFG's branch is trained. src_idx [Bs, L]: the source's
+        token indices, needed by the copy gate (dropped sources do not copy).
         """
         k, B = int(targets_per_source), rel_pose.shape[0]
         Bs = emb.shape[0]
@@ -249,6 +268,9 @@ class NVSTransformer(nn.Module):
                              f"({src_codes.shape[0]} source code sets)")
         if k > 1 and self.config.prefix_cond == "full":
             raise ValueError("prefix_cond='full' conditions the prefix on each target: it cannot be shared")
+        if self.copy_gate is not None and (src_idx is None or tuple(src_idx.shape) != (Bs, self.config.num_tokens)):
+            raise ValueError(f"copy_gate needs src_idx [{Bs}, {self.config.num_tokens}] (the source's token indices), "
+                             f"got {None if src_idx is None else tuple(src_idx.shape)}")
         if drop is None:
             drop = (torch.rand(Bs, device=emb.device) < self.config.cond_drop_rate) if self.training \
                 else torch.zeros(Bs, dtype=torch.bool, device=emb.device)
@@ -264,7 +286,9 @@ class NVSTransformer(nn.Module):
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
                        + self.pos_1LC[:, self.first_l:]), dim=1)
         h, _ = self.run(x, cond, kv, self.target_mask())
-        return self.logits(h)
+        if self.copy_gate is None:
+            return self.logits(h)
+        return self.logits(h, src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:
         """AdamW groups: no decay on norms/biases/embeddings; the pose path at ``pose_lr_mult`` x lr."""

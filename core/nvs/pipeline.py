@@ -243,9 +243,11 @@ class NVSPipeline:
                                                                top_p, temperature)
         # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
         # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
-        _, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix and use_cache)
+        handle, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix and use_cache)
+        src_idx = torch.cat(handle.indices, 1).expand(cond.shape[0], -1) if self.model.copy_gate is not None else None
         it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
-                               top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel)
+                               top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel,
+                               src_idx=src_idx)
         while True:
             with torch.no_grad(), self._ac():
                 nxt = next(it, None)

@@ -54,19 +54,25 @@ def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
 def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
                       prefix_kv: Callable[[], list[KV]], seed: int = 0, cfg: float = 3.0, top_k: int = 0,
                       top_p: float = 0.0, temperature: float = 1.0, use_cache: bool = True,
-                      cancel: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                      cancel: Callable[[], bool] | None = None,
+                      src_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
 
     cond [N,C] (and uncond [N,C] when guiding) are the AdaLN conditions; ``prefix_kv()``
     returns the prefix keys/values for the whole (2N with CFG) batch. With ``use_cache`` it is
     called once and the keys/values of each new scale are appended; without, it is called
     again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
-    re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all).
+    re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all). src_idx [N, L]:
+    the source's token indices for a model with a copy gate (the unconditional rows never copy).
     """
     N, S = cond.shape[0], model.config.num_scales
     guided = uncond is not None and cfg != 0
     c = torch.cat((cond, uncond)) if guided else cond
     gens = [torch.Generator(device=cond.device).manual_seed(int(seed)) for _ in range(N)]
+    use_copy = None
+    if src_idx is not None and guided:
+        src_idx = torch.cat((src_idx, src_idx))
+        use_copy = torch.arange(2 * N, device=cond.device) < N
     x = model.start_tokens(c)
     past = prefix_kv() if use_cache else None
     seen: list[torch.Tensor] = []
@@ -80,7 +86,7 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
             seen.append(x)
             h, _ = model.run(torch.cat(seen, 1), c, prefix_kv(), model.target_mask(si + 1))
             h = h[:, -pn * pn:]
-        logits = model.logits(h)
+        logits = model.logits(h, src_idx, model.begin_ends[si][0], use_copy)
         if guided:
             t = cfg_ramp(cfg, si, S)
             logits = (1 + t) * logits[:N] - t * logits[N:]

@@ -94,7 +94,7 @@ def validate(model, tok, sampler: PairSampler, pairs, device) -> dict:
     for i in range(0, len(pairs), 8):
         b = sampler.batch(pairs[i:i + 8], device)
         emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b)
-        loss, acc = loss_acc(model(emb, rel, codes, x_tf), tgt)
+        loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"]), tgt)
         L.append(loss.item())
         A.append(acc)
     model.train()
@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--attn-temp", type=float, default=4.0, help="start temperature of the cosine attention")
+    ap.add_argument("--copy-gate", action=argparse.BooleanOptionalAction, default=True,
+                    help="pointer-style copy of the source token at the same place (NVSConfig.copy_gate)")
     ap.add_argument("--embedder", choices=("cnn", "open_clip"), default="cnn",
                     help="open_clip: train on precomputed 768-d {i}e.npy embeddings")
     ap.add_argument("--embed-dim", type=int, default=None)
@@ -208,7 +211,8 @@ def main(argv=None) -> int:
         cfg = config_from_dict(NVSConfig, load_config(latest), source=str(latest / "config.json"))
     else:
         emb_dim = a.embed_dim or (768 if a.embedder == "open_clip" else 256)
-        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, cond_drop_rate=a.cond_drop,
+        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, attn_temp_init=a.attn_temp, copy_gate=a.copy_gate,
+                        cond_drop_rate=a.cond_drop,
                         prefix_cond=a.prefix_cond, vocab_size=tcfg.vocab_size, latent_dim=tcfg.latent_dim,
                         patch_nums=tcfg.patch_nums, resolution=tcfg.resolution, tokenizer_hash=th,
                         embedder=a.embedder, embed_dim=emb_dim, cnn_resolution=small)
@@ -296,7 +300,7 @@ def main(argv=None) -> int:
         b = sampler.batch(sampler.pairs(a.batch) if a.online else sampler.pairs(a.batch, k), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
-            logits = model(emb, rel, codes, x_tf, targets_per_source=k)
+            logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k])
         loss, acc = loss_acc(logits.float(), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from core.checkpoint import CheckpointError, config_from_dict, load_config
+from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into
 from core.data.io import DataError, list_objects, load_image, view_ids
 from core.metrics import psnr
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -222,6 +222,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=40000, help="cap on training images held in memory")
     ap.add_argument("--latest", help="also mirror each checkpoint to this folder (e.g. for other jobs)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from this checkpoint folder's config and weights (fresh optimizer and schedule)")
+    ap.add_argument("--train", choices=("all", "decoder"), default="all",
+                    help="decoder: fine-tune post_quant_conv + decoder only; encoder, codebook and phi stay frozen, "
+                         "so every image keeps its tokens and an NVS model trained against them stays valid")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="autocast; auto = on for CUDA only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -241,6 +245,8 @@ def main(argv=None) -> int:
     try:
         if a.resume and (latest / "trainer_state.json").is_file():
             cfg = config_from_dict(TokenizerConfig, load_config(latest), source=str(latest / "config.json"))
+        elif a.init:
+            cfg = config_from_dict(TokenizerConfig, load_config(a.init), source=str(Path(a.init) / "config.json"))
         else:
             cfg = parse_config(a.config)
         paths = image_paths(a.data, "train")
@@ -261,9 +267,18 @@ def main(argv=None) -> int:
           f"config {json.dumps(cfg.to_dict())}", flush=True)
 
     model = MultiScaleVQVAE(cfg).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if a.init and not (a.resume and (latest / "trainer_state.json").is_file()):
+        try:
+            load_into(model, a.init)
+        except CheckpointError as e:
+            print(f"error: --init {a.init}: {e}", file=sys.stderr)
+            return 2
+    frozen = (model.encoder, model.quant_conv, model.quantize) if a.train == "decoder" else ()
+    for m in frozen:
+        m.requires_grad_(False).eval()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, betas=(0.9, 0.95),
+                            weight_decay=0.0)
     if a.resume and (latest / "trainer_state.json").is_file():
-        from core.checkpoint import load_into
         load_into(model, latest)
         load_optimizer_tensors(opt, load_file(str(latest / "optimizer.safetensors")), dev)
         state.update(json.loads((latest / "trainer_state.json").read_text()))
@@ -296,7 +311,13 @@ def main(argv=None) -> int:
         x[flip] = x[flip].flip(-1)
         x = x.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            rec, vq_loss, idxs, seen = model(x)
+            if frozen:  # tokens fixed: decode what the frozen quantiser gives, no VQ loss, no restarts
+                with torch.no_grad():
+                    idxs = model.encode_indices(x)
+                    f_hat = model.quantize.indices_to_fhat(idxs)
+                rec, vq_loss = model.decoder(model.post_quant_conv(f_hat)), x.new_zeros(())
+            else:
+                rec, vq_loss, idxs, seen = model(x)
         rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg, a.w_chroma)
         loss = rl + vq_loss
         opt.zero_grad(set_to_none=True)
@@ -304,7 +325,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         mon.update(idxs)
-        restarted = mon.maybe_restart(model, seen, opt)
+        restarted = None if frozen else mon.maybe_restart(model, seen, opt)
         state["step"] += 1
         state["images_seen"] += len(x)
         bar.update(1)
