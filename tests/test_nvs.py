@@ -66,16 +66,6 @@ def arr(img):
 
 
 # ----------------------------------------------------------------------------- model
-def test_attention_start_temperature_is_configurable(tok):
-    """VAR starts its cosine attention at temperature 4; copying one prefix token out of ~2L
-    needs a sharper start, so it is a config field (learned and capped at 100 afterwards)."""
-    m = NVSTransformer(small_cfg(tok, attn_temp_init=16.0))
-    assert all(torch.allclose(b.attn.scale_mul_1H11.exp(), torch.tensor(16.0)) for b in m.blocks)
-    assert torch.allclose(NVSTransformer(small_cfg(tok)).blocks[0].attn.scale_mul_1H11.exp(), torch.tensor(4.0))
-    for bad in (0.0, -1.0, 101.0):
-        with pytest.raises(ValueError, match="attn_temp_init"):
-            small_cfg(tok, attn_temp_init=bad)
-
 def test_block_causal_mask_and_bidirectional_prefix(tok):
     m = randomize(NVSTransformer(small_cfg(tok)))
     B, L = 1, m.config.num_tokens

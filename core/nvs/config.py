@@ -31,7 +31,6 @@ class NVSConfig:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     attn_l2_norm: bool = True
-    attn_temp_init: float = 4.0           # start temperature of the cosine attention (VAR: 4; learned after)
     cond_drop_rate: float = 0.1
     prefix_cond: str = "source"
     copy_gate: bool = False               # pointer-style copy of the source token at the same place (ours)
@@ -64,8 +63,6 @@ class NVSConfig:
             raise ValueError(f"embedder {self.embedder!r} must be one of {EMBEDDERS}")
         if self.prefix_cond not in PREFIX_CONDS:
             raise ValueError(f"prefix_cond {self.prefix_cond!r} must be one of {PREFIX_CONDS}")
-        if not 0.0 < self.attn_temp_init <= 100.0:
-            raise ValueError(f"attn_temp_init {self.attn_temp_init} must be in (0, 100] (the learned temperature is capped at 100)")
         if not 0.0 <= self.cond_drop_rate < 1.0:
             raise ValueError(f"cond_drop_rate {self.cond_drop_rate} must be in [0, 1)")
 

@@ -30,13 +30,13 @@ KV = tuple[torch.Tensor, torch.Tensor]  # per block: keys, values [B, H, T, head
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int, l2_norm: bool, temp_init: float = 4.0):
+    def __init__(self, width: int, heads: int, l2_norm: bool):
         super().__init__()
         self.heads, self.head_dim, self.l2_norm = heads, width // heads, l2_norm
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
         if l2_norm:  # VAR's cosine attention with a learned per-head temperature (stable at any depth)
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), float(temp_init)).log())
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.proj = nn.Linear(width, width)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,7 +78,7 @@ class AdaLNSelfAttn(nn.Module):
         C = cfg.width
         self.C = C
         self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm, cfg.attn_temp_init)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 

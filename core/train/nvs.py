@@ -147,7 +147,6 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--attn-temp", type=float, default=4.0, help="start temperature of the cosine attention")
     ap.add_argument("--copy-gate", action=argparse.BooleanOptionalAction, default=True,
                     help="pointer-style copy of the source token at the same place (NVSConfig.copy_gate)")
     ap.add_argument("--embedder", choices=("cnn", "open_clip"), default="cnn",
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
         cfg = config_from_dict(NVSConfig, load_config(latest), source=str(latest / "config.json"))
     else:
         emb_dim = a.embed_dim or (768 if a.embedder == "open_clip" else 256)
-        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, attn_temp_init=a.attn_temp, copy_gate=a.copy_gate,
+        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, copy_gate=a.copy_gate,
                         cond_drop_rate=a.cond_drop,
                         prefix_cond=a.prefix_cond, vocab_size=tcfg.vocab_size, latent_dim=tcfg.latent_dim,
                         patch_nums=tcfg.patch_nums, resolution=tcfg.resolution, tokenizer_hash=th,
