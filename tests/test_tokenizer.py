@@ -376,3 +376,5 @@ def test_decoder_finetune_keeps_every_token(tmp_path):
     x = images(2)
     assert all(torch.equal(i, j) for i, j in zip(base.encode_indices(x), tuned.encode_indices(x)))
     assert train_main(["--data", str(data), "--out", str(tmp_path / "r2"), "--init", str(tmp_path / "nope")]) == 2
+    assert train_main(args[:-2] + ["--steps", "4", "--resume", "--train", "all"]) == 2  # resumed with another mode
+    assert train_main(args[:-2] + ["--steps", "4", "--resume"]) == 0

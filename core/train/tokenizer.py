@@ -10,6 +10,11 @@ restarted from residual vectors the encoder just produced. Checkpoints are folde
 (config.json + model.safetensors + optimizer.safetensors + trainer_state.json), written
 atomically, so a crash never leaves a half checkpoint and ``--resume`` restores step,
 optimizer and schedule.
+
+``--init CKPT --train decoder`` fine-tunes only ``post_quant_conv`` and the decoder of a
+trained tokenizer: encoder, codebook and phi are frozen, so every image keeps its tokens and
+an NVS model trained against them stays paired (same codebook fingerprint). With the VQ terms
+gone the loss can aim at PSNR directly (e.g. ``--w-fg 0 --w-chroma 0 --w-l2 4``).
 """
 from __future__ import annotations
 
@@ -245,6 +250,8 @@ def main(argv=None) -> int:
     try:
         if a.resume and (latest / "trainer_state.json").is_file():
             cfg = config_from_dict(TokenizerConfig, load_config(latest), source=str(latest / "config.json"))
+            if json.loads((latest / "trainer_state.json").read_text()).get("train", a.train) != a.train:
+                raise CheckpointError(f"{latest} was trained with another --train mode than {a.train!r}")
         elif a.init:
             cfg = config_from_dict(TokenizerConfig, load_config(a.init), source=str(Path(a.init) / "config.json"))
         else:
@@ -286,6 +293,7 @@ def main(argv=None) -> int:
     print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, bf16 autocast {use_bf16}, "
           f"threads {a.threads}", flush=True)
 
+    state["train"] = a.train
     mon = CodebookMonitor(cfg.vocab_size, a.restart_window)
     log = open(out / "metrics.jsonl", "a")
     t_start, el0, t_ckpt = time.time(), state["elapsed_s"], time.time()
