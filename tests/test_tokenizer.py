@@ -378,3 +378,18 @@ def test_decoder_finetune_keeps_every_token(tmp_path):
     assert train_main(["--data", str(data), "--out", str(tmp_path / "r2"), "--init", str(tmp_path / "nope")]) == 2
     assert train_main(args[:-2] + ["--steps", "4", "--resume", "--train", "all"]) == 2  # resumed with another mode
     assert train_main(args[:-2] + ["--steps", "4", "--resume"]) == 0
+
+
+def test_bf16_autocast_training_path_runs_on_cpu(tmp_path):
+    """The autocast path used on GPUs (--bf16 auto = on for CUDA), run on CPU: finite losses,
+    fp32 weights saved."""
+    from core.train.tokenizer import main as train_main
+    from safetensors.torch import load_file
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data), "--out", str(run), "--config", json.dumps(tiny_config().to_dict()),
+                       "--batch-size", "2", "--steps", "2", "--val-every", "2", "--val-images", "2", "--bf16", "on"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
+    assert all(t.dtype == torch.float32 for t in load_file(str(run / "ckpt-latest" / "model.safetensors")).values()
+               if t.is_floating_point())
