@@ -238,6 +238,19 @@ def test_cfg_changes_output_and_filters(pipe):
     assert torch.isfinite(kept).sum() == 1
 
 
+@pytest.mark.parametrize("top_k,top_p,temp", [(0, 0.0, 1.0), (5, 0.0, 1.0), (0, 0.8, 1.0), (6, 0.9, 0.7)])
+def test_sampler_draws_from_the_filtered_distribution(top_k, top_p, temp):
+    """The inverse-CDF sampler matches softmax(filter_logits(logits / T)) token for token."""
+    from core.nvs.sampling import sample_tokens
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+    want = filter_logits((logits / temp)[None, None], top_k, top_p).softmax(-1)[0, 0]
+    n = 40000
+    got = sample_tokens(logits.expand(1, n, -1), [torch.Generator().manual_seed(0)], top_k, top_p, temp)
+    freq = torch.bincount(got[0], minlength=8).float() / n
+    assert torch.allclose(freq, want, atol=0.01), (freq, want)
+    assert (freq[want == 0] == 0).all()  # filtered tokens are never drawn
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_cameras_embeddings_and_pairs(pipe, tok):
     bad = SRC.copy()

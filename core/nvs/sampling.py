@@ -29,11 +29,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
 
 def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0, top_p: float = 0.0,
                   temperature: float = 1.0) -> torch.Tensor:
-    """logits [N, l, V] -> indices [N, l]; row i draws from ``generators[i]``; temperature 0 = argmax."""
+    """logits [N, l, V] -> indices [N, l]; row i draws from ``generators[i]``; temperature 0 = argmax.
+
+    Draws from the distribution ``filter_logits`` defines, by inverse CDF in the sorted order
+    that the filter needs anyway (one sort, one uniform per token; no multinomial, no scatter
+    back: ~20 % of a CPU view went there)."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.stack([torch.multinomial(p, 1, generator=g)[:, 0] for p, g in zip(probs, generators)])
+    srt, idx = (logits.float() / temperature).sort(dim=-1, descending=True)
+    if 0 < top_k < srt.shape[-1]:
+        srt, idx = srt[..., :top_k], idx[..., :top_k]
+    p = srt.softmax(-1)
+    if 0.0 < top_p < 1.0:
+        p = p * ((p.cumsum(-1) - p) <= top_p)  # the smallest prefix reaching top_p, as filter_logits
+    cdf = p.cumsum(-1)
+    u = torch.stack([torch.rand(cdf.shape[1], generator=g, device=cdf.device) for g in generators])
+    j = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None].contiguous()).clamp_max(cdf.shape[-1] - 1)
+    return idx.gather(-1, j)[..., 0]
 
 
 def cfg_ramp(cfg: float, si: int, num_scales: int) -> float:
