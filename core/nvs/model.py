@@ -286,9 +286,7 @@ class NVSTransformer(nn.Module):
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
                        + self.pos_1LC[:, self.first_l:]), dim=1)
         h, _ = self.run(x, cond, kv, self.target_mask())
-        if self.copy_gate is None:
-            return self.logits(h)
-        return self.logits(h, src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
+        return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:
         """AdamW groups: no decay on norms/biases/embeddings; the pose path at ``pose_lr_mult`` x lr."""

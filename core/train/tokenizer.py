@@ -320,10 +320,8 @@ def main(argv=None) -> int:
         x = x.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             if frozen:  # tokens fixed: decode what the frozen quantiser gives, no VQ loss, no restarts
-                with torch.no_grad():
-                    idxs = model.encode_indices(x)
-                    f_hat = model.quantize.indices_to_fhat(idxs)
-                rec, vq_loss = model.decoder(model.post_quant_conv(f_hat)), x.new_zeros(())
+                _, fhats = model.encode_fhats(x)  # the quantiser's own running sum: no second lookup pass
+                rec, vq_loss = model.decoder(model.post_quant_conv(fhats[-1])), x.new_zeros(())
             else:
                 rec, vq_loss, idxs, seen = model(x)
         rl, parts = recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg, a.w_chroma)
@@ -332,8 +330,10 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
-        mon.update(idxs)
-        restarted = None if frozen else mon.maybe_restart(model, seen, opt)
+        restarted = None
+        if not frozen:  # a frozen codebook needs no usage window (val reports usage)
+            mon.update(idxs)
+            restarted = mon.maybe_restart(model, seen, opt)
         state["step"] += 1
         state["images_seen"] += len(x)
         bar.update(1)
