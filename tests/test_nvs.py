@@ -344,30 +344,11 @@ def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, tok):
     assert train_main(["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer"), "--out",
                        str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--batch", "2", "--depth", "1",
                        "--width", "32", "--heads", "2", "--embed-dim", "16", "--steps", "2", "--log-every", "1",
-                       "--val-every", "100", "--amp", "bf16", "--coarse-emphasis", "0.5"]) == 0
+                       "--val-every", "100", "--amp", "bf16"]) == 0
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     sd = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in sd.values() if t.is_floating_point())
-
-
-def test_coarse_emphasis_loss_weights():
-    """n^-x per token, mean 1: x=0 is VAR's plain mean CE, x=1 gives every scale the same total."""
-    from core.train.nvs import loss_acc, scale_weights
-    pn = (1, 2, 3, 4)
-    assert torch.allclose(scale_weights(pn, 0.0), torch.ones(30))
-    w = scale_weights(pn, 1.0)
-    totals = [w[a:a + p * p].sum() for a, p in zip((0, 1, 5, 14), pn)]
-    assert w.mean().item() == pytest.approx(1.0) and all(t.item() == pytest.approx(totals[0].item()) for t in totals)
-    g = torch.Generator().manual_seed(0)
-    logits, target = torch.randn(3, 30, 7, generator=g), torch.randint(0, 7, (3, 30), generator=g)
-    plain, ce, _ = loss_acc(logits, target)
-    assert plain.item() == pytest.approx(ce)
-    only_first = torch.zeros(30)
-    only_first[0] = 30.0  # all weight on the 1x1 scale
-    weighted, ce2, _ = loss_acc(logits, target, only_first)
-    ref = torch.nn.functional.cross_entropy(logits[:, 0], target[:, 0])
-    assert weighted.item() == pytest.approx(ref.item(), rel=1e-5) and ce2 == pytest.approx(ce)
 
 
 # ----------------------------------------------------------------------------- importer / open_clip

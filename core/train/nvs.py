@@ -81,22 +81,10 @@ def model_inputs(model: NVSTransformer, tok, b: dict, targets_per_source: int = 
     return emb, b["rel_pose"], codes, x_tf, b["tgt"], src
 
 
-def scale_weights(patch_nums, coarse_emphasis: float) -> torch.Tensor:
-    """Per-token loss weights [L], mean 1: a token of a scale with n tokens weighs n^-coarse_emphasis.
-    0 = VAR's uniform tokens (the 16x16 scale is 38 % of the loss, scales up to 6x6 13 %);
-    1 = every scale equal; 0.5 = each scale in proportion to its side. Why: the coarse scales
-    carry the layout and colour that dominate a view's pixel error."""
-    w = torch.cat([torch.full((p * p,), float(p * p) ** -coarse_emphasis) for p in patch_nums])
-    return w / w.mean()
-
-
-def loss_acc(logits: torch.Tensor, target: torch.Tensor,
-             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
-    """(training loss: token CE, weighted by ``weights`` [L] when given; plain mean CE; accuracy)."""
-    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
-    loss = ce.mean() if weights is None else (ce * weights).mean()
+def loss_acc(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
     acc = (logits.argmax(-1) == target).float().mean().item()
-    return loss, ce.mean().item(), acc
+    return loss, acc
 
 
 @torch.no_grad()
@@ -106,8 +94,8 @@ def validate(model, tok, sampler: PairSampler, pairs, device) -> dict:
     for i in range(0, len(pairs), 8):
         b = sampler.batch(pairs[i:i + 8], device)
         emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b)
-        _, loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"]), tgt)
-        L.append(loss)
+        loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"]), tgt)
+        L.append(loss.item())
         A.append(acc)
     model.train()
     return {"val_loss": float(np.mean(L)), "val_acc": float(np.mean(A))}
@@ -155,8 +143,6 @@ def main(argv=None) -> int:
     ap.add_argument("--targets-per-source", type=int, default=None,
                     help="targets sharing one source prefix pass (batch must be a multiple; 1 = independent "
                          "pairs); default 2, or 1 with --prefix-cond full")
-    ap.add_argument("--coarse-emphasis", type=float, default=0.0,
-                    help="loss weight of a token in a scale of n tokens ~ n^-x (0 = uniform as VAR, 1 = scales equal)")
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
@@ -279,7 +265,6 @@ def main(argv=None) -> int:
                                                         "best_val_loss": best, "n_train_objects": len(sampler.objects),
                                                         "args": vars(a)}, indent=2))
 
-    weights = scale_weights(cfg.patch_nums, a.coarse_emphasis).to(device) if a.coarse_emphasis else None
     model.train()
     bar = tqdm(total=a.steps, initial=step, desc="nvs", mininterval=10)
     run_loss = run_acc = 0.0
@@ -315,14 +300,14 @@ def main(argv=None) -> int:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
             logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k])
-        loss, ce, acc = loss_acc(logits.float(), tgt, weights)
+        loss, acc = loss_acc(logits.float(), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip).item()
         opt.step()
         step += 1
         bar.update(1)
-        run_loss, run_acc, n_run = run_loss + ce, run_acc + acc, n_run + 1
+        run_loss, run_acc, n_run = run_loss + loss.item(), run_acc + acc, n_run + 1
         if step % a.log_every == 0:
             rec = {"step": step, "loss": run_loss / n_run, "acc": run_acc / n_run, "lr": lr, "grad_norm": gn,
                    "wall_s": round(wall0 + time.time() - t_start, 1)}
