@@ -154,14 +154,10 @@ def validate_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise CheckpointError(f"{source}: config does not match tensors: " + " | ".join(msgs))
 
 
-def load_into(model: torch.nn.Module, folder: str | Path, keep_new: str | None = None) -> torch.nn.Module:
-    """Validate then load ``model.safetensors`` from ``folder`` into ``model`` (strict). With
-    ``keep_new`` (a key prefix), weights under it that the checkpoint lacks keep the model's
-    own initial values: a module added to a trained model (e.g. ``--init`` with a new option)."""
+def load_into(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """Validate then load ``model.safetensors`` from ``folder`` into ``model`` (strict)."""
     state = load_state_dict(folder)
-    expected = model.state_dict()
-    if keep_new:
-        state = {**{k: v for k, v in expected.items() if k.startswith(keep_new) and k not in state}, **state}
     validate_state_dict(model, state, source=str(Path(folder) / WEIGHTS_NAME))
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model

@@ -15,7 +15,6 @@ from core.checkpoint import CheckpointError
 from core.data.io import write_meta, write_view
 from core.nvs import Frame, NVSConfig, NVSPipeline, NVSTransformer
 from core.nvs.pipeline import tokenizer_fingerprint
-from core.nvs.rays import token_rays
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
 
 TOK_CFG = dict(resolution=32, patch_size=4, ch=16, ch_mult=(1, 2), norm_groups=8, vocab_size=64, latent_dim=8,
@@ -44,20 +43,10 @@ def randomize(model: NVSTransformer, seed=0) -> NVSTransformer:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["gate", "gate+rays"])
-def pipe(tok, request):
-    """Every pipeline path with the copy gate, and again with per-token ray embeddings."""
+@pytest.fixture(scope="module")
+def pipe(tok):
     torch.manual_seed(0)
-    cfg = small_cfg(tok, copy_gate=True, ray_embed=request.param == "gate+rays")
-    return NVSPipeline(randomize(NVSTransformer(cfg)), tok)
-
-
-def random_rays(m: NVSTransformer, n_src: int, n_tgt: int, g: torch.Generator) -> dict:
-    """forward()'s ray arguments for a model with ray_embed (nothing for one without)."""
-    if not m.config.ray_embed:
-        return {}
-    L = m.config.num_tokens
-    return dict(src_rays=torch.randn(n_src, L, 6, generator=g), tgt_rays=torch.randn(n_tgt, L, 6, generator=g))
+    return NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True))), tok)  # every path with the gate
 
 
 def blob(color=(200, 40, 40), size=48) -> Image.Image:
@@ -125,17 +114,15 @@ def test_shared_prefix_forward_equals_one_prefix_per_target(pipe):
     rel, x_tf = torch.randn(6, 4, generator=g), torch.randn(6, L - 1, C, generator=g)
     src = torch.randint(m.config.vocab_size, (2, L), generator=g)
     drop = torch.tensor([False, True])
-    rays = random_rays(m, 2, 6, g)
-    each_rays = {k: v.repeat_interleave(3, 0) if k == "src_rays" else v for k, v in rays.items()}
     with torch.no_grad():
-        shared = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=3, src_idx=src, **rays)
+        shared = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=3, src_idx=src)
         each = m(emb.repeat_interleave(3, 0), rel, codes.repeat_interleave(3, 0), x_tf, drop=drop.repeat_interleave(3),
-                 src_idx=src.repeat_interleave(3, 0), **each_rays)
+                 src_idx=src.repeat_interleave(3, 0))
     assert torch.allclose(shared, each, atol=1e-5)
     with pytest.raises(ValueError, match="targets per source"):
-        m(emb, rel[:5], codes, x_tf[:5], targets_per_source=3, src_idx=src, **rays)
+        m(emb, rel[:5], codes, x_tf[:5], targets_per_source=3, src_idx=src)
     with pytest.raises(ValueError, match="src_idx"):
-        m(emb, rel, codes, x_tf, targets_per_source=3, **rays)
+        m(emb, rel, codes, x_tf, targets_per_source=3)
 
 
 def test_teacher_forcing_matches_cached_sampling(pipe):
@@ -143,16 +130,12 @@ def test_teacher_forcing_matches_cached_sampling(pipe):
     m, tok = pipe.model, pipe.tok
     h = pipe.encode_source(blob(), SRC)
     from core.nvs.sampling import next_scale_sample
-    _, cond, _, kv, ray_tok = pipe._prepare(h, None, TGTS[:1], cfg=0)
+    _, cond, _, kv = pipe._prepare(h, None, TGTS[:1], cfg=0)
     src = torch.cat(h.indices, 1)
-    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0, src_idx=src, ray_tok=ray_tok)]
+    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0, src_idx=src)]
     rel = torch.from_numpy(cameras.relative_pose(SRC, TGTS[0]))[None]
-    rays = {}
-    if m.config.ray_embed:  # the same rays the pipeline computes, through the training path's function
-        ray = lambda w2c: torch.from_numpy(token_rays(w2c, h.fov_deg, m.config.patch_nums, SRC))[None]
-        rays = dict(src_rays=ray(SRC), tgt_rays=ray(TGTS[0]))
     with torch.no_grad():
-        logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx), src_idx=src, **rays)
+        logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx), src_idx=src)
     assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
 
 
@@ -297,50 +280,6 @@ def test_bad_cameras_embeddings_and_pairs(pipe, tok):
         NVSPipeline(pipe.model, retrained)
 
 
-def test_token_rays_are_plucker_lines_in_the_source_azimuth_frame():
-    pn = (1, 2, 4)
-    src, tgt = cameras.pose_from_spherical(30, 20, 2.0), cameras.pose_from_spherical(100, -10, 1.7)
-    r = token_rays(tgt, 40.0, pn, src)
-    assert r.shape == (21, 6) and r.dtype == np.float32
-    d, m = r[:, :3], r[:, 3:]
-    assert np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5) and np.allclose((d * m).sum(1), 0, atol=1e-5)
-    # the 1x1 token's ray is the optical axis: through the origin (zero moment), from the centre inwards
-    centre = cameras.spherical_to_center(100 - 30, -10, 1.7)   # target centre once the source sits at azimuth 0
-    assert np.allclose(m[0], 0, atol=1e-5) and np.allclose(d[0], -centre / np.linalg.norm(centre), atol=1e-5)
-    # a ray's moment is its line's offset from the origin: the moment of a pixel ray equals o x d
-    assert np.allclose(m[1:5], np.cross(centre, d[1:5]), atol=1e-5)
-    # only the relative azimuth matters: turning both cameras about z changes nothing
-    turned = token_rays(cameras.pose_from_spherical(100 + 77, -10, 1.7), 40.0, pn, cameras.pose_from_spherical(30 + 77, 20, 2.0))
-    assert np.allclose(turned, r, atol=1e-5)
-    # image rows run top to bottom: the 2x2 grid's top-left ray points up and (seen from the camera) left
-    up = np.array([0.0, 0.0, 1.0])
-    assert (d[1] @ up) > (d[3] @ up) and np.allclose(d[1] @ up, d[2] @ up, atol=1e-6)
-
-
-def test_ray_embedding_starts_as_the_model_without_rays(tmp_path, tok):
-    """--init from a model without rays: the added embedding is zero-initialised, so the ray model
-    computes exactly the old function until it trains; rays are required, and reach the logits."""
-    from core.checkpoint import load_into
-    base = randomize(NVSTransformer(small_cfg(tok, copy_gate=True)))
-    base.save_pretrained(tmp_path / "base")
-    ray = NVSTransformer(small_cfg(tok, copy_gate=True, ray_embed=True)).eval()
-    with pytest.raises(CheckpointError, match="missing keys"):
-        load_into(ray, tmp_path / "base")
-    load_into(ray, tmp_path / "base", keep_new="ray_embed.")
-    L, g = base.config.num_tokens, torch.Generator().manual_seed(4)
-    args = (torch.randn(2, 16, generator=g), torch.randn(2, 4, generator=g), torch.randn(2, L, 8, generator=g),
-            torch.randn(2, L - 1, 8, generator=g))
-    src, rays = torch.randint(64, (2, L), generator=g), random_rays(ray, 2, 2, g)
-    with torch.no_grad():
-        assert torch.allclose(ray(*args, src_idx=src, **rays), base(*args, src_idx=src), atol=1e-6)
-        with pytest.raises(ValueError, match="camera rays"):
-            ray(*args, src_idx=src)
-        ray.ray_embed[-1].weight.normal_(generator=g)
-        moved = ray(*args, src_idx=src, **rays)
-        rays["tgt_rays"] = rays["tgt_rays"].flip(1)
-        assert not torch.allclose(ray(*args, src_idx=src, **rays), moved, atol=1e-4)
-
-
 def test_checkpoint_roundtrip(tmp_path, pipe, tok):
     pipe.model.save_pretrained(tmp_path / "nvs")
     tok.save_pretrained(tmp_path / "tokenizer")
@@ -394,13 +333,6 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
               "per_object", "zero_pose_psnr"):
         assert k in res
     assert res["n_objects"] == 1 and res["n_views"] == 3
-    # a ray-embedding model started from this one (--init), trained a step, and evaluated
-    assert train_main(args[:5] + [str(tmp_path / "ray")] + args[6:] + ["--steps", "1", "--ray-embed", "--init",
-                                                                       str(tmp_path / "run")]) == 0
-    assert json.loads((tmp_path / "ray" / "config.json").read_text())["ray_embed"] is True
-    assert eval_main(["--data", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ray"), "--tokenizer",
-                      str(tmp_path / "tokenizer"), "--out", str(out), "--max-objects", "1"]) == 0
-    assert json.loads(out.read_text())["n_views"] == 3
 
 
 def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, tok):

@@ -51,15 +51,14 @@ def diffusion_peer(pipe, handle, target, steps: int) -> None:
     (bidirectional, CFG-doubled batch, prefix cached), then one decode: the cost shape of a
     latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680)."""
     m = pipe.model
-    _, cond, uncond, prefix_kv, ray_tok = pipe._prepare(handle, None, [target], cfg=3.0)
+    _, cond, uncond, prefix_kv = pipe._prepare(handle, None, [target], cfg=3.0)
     c = torch.cat((cond, uncond))
-    ray_tok = None if ray_tok is None else ray_tok.expand(2, -1, -1)
     kv = prefix_kv()
     G = m.config.patch_nums[-1]
     book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
     x = torch.randn(2, G * G, m.config.latent_dim)
     for _ in range(steps):
-        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x, ray_tok), c, kv)
+        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), c, kv)
         logits = m.logits(h)
         x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
         x = torch.cat((x, x))

@@ -24,10 +24,6 @@ class NVSConfig:
     logit of the source token at the same scale and position. Reproducing the source (zero
     relative pose) and keeping what a camera move leaves in place then need one learned
     scalar per token, not a sharp attention pattern that a small model learns late.
-
-    ``ray_embed`` (not in ArchonView, off for imports) adds to every source and target token
-    an embedding of its camera ray (Plücker coordinates in the source-azimuth frame, see
-    ``core.nvs.rays``), so the camera reaches each token, not only the global condition.
     """
     depth: int = 4
     width: int = 256
@@ -38,7 +34,6 @@ class NVSConfig:
     cond_drop_rate: float = 0.1
     prefix_cond: str = "source"
     copy_gate: bool = False               # pointer-style copy of the source token at the same place (ours)
-    ray_embed: bool = False               # per-token camera-ray embedding of source and target tokens (ours)
     # tokenizer it was trained with (checked at load: a mismatched pair is refused)
     vocab_size: int = 1024
     latent_dim: int = 32

@@ -108,10 +108,7 @@ class PairSampler:
         rel = np.stack([cameras.relative_pose(objs[o].poses[s], objs[o].poses[t]) for o, s, t in pairs])
         small = np.stack([objs[o].small[s] for o, s, _ in pairs])
         b = dict(src=src.to(device), tgt=tgt.to(device), rel_pose=torch.from_numpy(rel).to(device),
-                 small=(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device),
-                 src_w2c=np.stack([objs[o].poses[s] for o, s, _ in pairs]),
-                 tgt_w2c=np.stack([objs[o].poses[t] for o, _, t in pairs]),
-                 fov=np.array([objs[o].fov for o, _, _ in pairs], dtype=np.float32))
+                 small=(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device))
         if all(objs[o].emb is not None for o, _, _ in pairs):
             b["emb"] = torch.from_numpy(np.stack([objs[o].emb[s] for o, s, _ in pairs])).to(device)
         return b
@@ -150,7 +147,7 @@ class OnlineSampler:
     @torch.no_grad()
     def batch(self, pairs, device="cpu") -> dict[str, torch.Tensor]:
         R = self.tok.config.resolution
-        imgs, poses, fovs, src_rows, tgt_rows = [], [], [], [], []
+        imgs, poses, src_rows, tgt_rows = [], [], [], []
         for o, s, ts in pairs:
             obj = self.objects[o]
             views = sorted({s, *ts})
@@ -162,12 +159,10 @@ class OnlineSampler:
             for t in ts:
                 src_rows.append(base + views.index(s))
                 tgt_rows.append(base + views.index(t))
-                fovs.append(obj.fov_deg)
         x = torch.stack(imgs).to(self.tok.device)
         idx = torch.cat(self.tok.encode_indices(x), 1)
         src, tgt = torch.tensor(src_rows), torch.tensor(tgt_rows)
         rel = np.stack([cameras.relative_pose(poses[a], poses[b]) for a, b in zip(src_rows, tgt_rows)])
         small = torch.nn.functional.interpolate(x[src], size=(self.small, self.small), mode="area")
         return dict(src=idx[src].to(device), tgt=idx[tgt].to(device), rel_pose=torch.from_numpy(rel).to(device),
-                    small=small.to(device), src_w2c=np.stack([poses[i] for i in src_rows]),
-                    tgt_w2c=np.stack([poses[i] for i in tgt_rows]), fov=np.array(fovs, dtype=np.float32))
+                    small=small.to(device))

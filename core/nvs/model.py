@@ -6,8 +6,7 @@ the source view's multi-scale codebook vectors (shared ``word_embed`` plus its o
 scale s see the whole prefix and target scales <= s (block-causal). The global condition
 ``emb_linear(pose_embed([image embedding, relative pose]))`` is the AdaLN input of every
 block and the start token; there is no AdaLN before the head. With ``copy_gate`` (ours, see
-``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place;
-with ``ray_embed`` (ours) every token also gets an embedding of its camera ray.
+``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place.
 
 Parameter names follow ArchonView's ``models/var.py`` / ``basic_var.py`` so its published
 weights map over by name (see ``importer.py``).
@@ -121,8 +120,6 @@ class NVSTransformer(nn.Module):
         self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
         self.head = nn.Linear(C, cfg.vocab_size)
         self.copy_gate = nn.Linear(C, 1) if cfg.copy_gate else None
-        self.ray_embed = nn.Sequential(nn.Linear(6, C), nn.GELU(approximate="tanh"), nn.Linear(C, C)) \
-            if cfg.ray_embed else None
         lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(cfg.patch_nums)])
         self.register_buffer("lvl_1L", lvl[None], persistent=False)
         self.begin_ends = [(sum(p * p for p in cfg.patch_nums[:i]), sum(p * p for p in cfg.patch_nums[:i + 1]))
@@ -150,8 +147,6 @@ class NVSTransformer(nn.Module):
         if self.copy_gate is not None:  # starts as the plain model; the gate is learned
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.zeros_(self.copy_gate.bias)
-        if self.ray_embed is not None:  # starts as the model without rays (so it can be added to a trained one)
-            nn.init.zeros_(self.ray_embed[-1].weight)
         C, depth = self.config.width, self.config.depth
         for b in self.blocks:
             b.attn.proj.weight.data.div_(math.sqrt(2 * depth))
@@ -194,21 +189,9 @@ class NVSTransformer(nn.Module):
         return self.emb_linear(self.null_emb)[None].expand(B, -1)
 
     # ------------------------------------------------------------------ token embeddings
-    def ray_tokens(self, rays: torch.Tensor | None) -> torch.Tensor | None:
-        """Per-token rays [B, L, 6] (``core.nvs.rays.token_rays``) -> embeddings [B, L, C]; None
-        for a model without ``ray_embed``. A model with it refuses to run without rays."""
-        if self.ray_embed is None:
-            return None
-        L = self.config.num_tokens
-        if rays is None or rays.dim() != 3 or tuple(rays.shape[1:]) != (L, 6):
-            raise ValueError(f"this model embeds camera rays: it needs rays [B, {L}, 6] "
-                             f"(core.nvs.rays.token_rays), got {None if rays is None else tuple(rays.shape)}")
-        return self.ray_embed(rays.to(self.head.weight.dtype))
-
-    def embed_prefix(self, src_codes: torch.Tensor, ray_tok: torch.Tensor | None = None) -> torch.Tensor:
-        """Source codebook vectors [B, L, Cvae] (+ their ray embeddings) -> prefix tokens [B, L, C]."""
-        x = self.word_embed(src_codes) + self.xlvl_embed(self.lvl_1L) + self.xpos_1LC
-        return x if ray_tok is None else x + ray_tok
+    def embed_prefix(self, src_codes: torch.Tensor) -> torch.Tensor:
+        """Source codebook vectors [B, L, Cvae] -> prefix tokens [B, L, C]."""
+        return self.word_embed(src_codes) + self.xlvl_embed(self.lvl_1L) + self.xpos_1LC
 
     def null_prefix(self, B: int) -> torch.Tensor:
         return self.null_token.expand(B, self.config.num_tokens, -1)
@@ -217,18 +200,12 @@ class NVSTransformer(nn.Module):
         bg, ed = self.begin_ends[si]
         return self.lvl_embed(self.lvl_1L[:, bg:ed]) + self.pos_1LC[:, bg:ed]
 
-    def start_tokens(self, cond: torch.Tensor, ray_tok: torch.Tensor | None = None) -> torch.Tensor:
-        x = cond[:, None] + self.pos_start + self.lvl_pos(0)
-        return x if ray_tok is None else x + ray_tok[:, :self.first_l]
+    def start_tokens(self, cond: torch.Tensor) -> torch.Tensor:
+        return cond[:, None] + self.pos_start + self.lvl_pos(0)
 
-    def embed_scale(self, si: int, x: torch.Tensor, ray_tok: torch.Tensor | None = None) -> torch.Tensor:
-        """Accumulated-feature input of scale ``si`` >= 1 [B, pn^2, Cvae] (+ the target's ray
-        embeddings [B, L, C], all scales) -> tokens."""
-        x = self.word_embed(x) + self.lvl_pos(si)
-        if ray_tok is None:
-            return x
-        bg, ed = self.begin_ends[si]
-        return x + ray_tok[:, bg:ed]
+    def embed_scale(self, si: int, x: torch.Tensor) -> torch.Tensor:
+        """Accumulated-feature input of scale ``si`` >= 1 [B, pn^2, Cvae] -> tokens."""
+        return self.word_embed(x) + self.lvl_pos(si)
 
     def target_mask(self, upto: int | None = None, device=None) -> torch.Tensor:
         """Bool [Lt, L + Lt] (True = may attend) for target tokens of scales < ``upto``."""
@@ -271,8 +248,7 @@ class NVSTransformer(nn.Module):
 
     def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
                 drop: torch.Tensor | None = None, targets_per_source: int = 1,
-                src_idx: torch.Tensor | None = None, src_rays: torch.Tensor | None = None,
-                tgt_rays: torch.Tensor | None = None) -> torch.Tensor:
+                src_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, L, V] for B targets.
 
         emb [Bs,E] image embedding and src_codes [Bs,L,Cvae] source codebook vectors, one per
@@ -283,10 +259,7 @@ class NVSTransformer(nn.Module):
         times). drop [Bs] bool: which sources (with all their targets) get the unconditional
         branch (global condition AND prefix nulled); in training mode it defaults to
         Bernoulli(cond_drop_rate), so CFG's branch is trained. src_idx [Bs, L]: the source's
-        token indices, needed by the copy gate (dropped sources do not copy). src_rays [Bs,L,6]
-        and tgt_rays [B,L,6]: per-token camera rays, needed with ``ray_embed`` (the target's
-        rays stay in the unconditional branch: they say where the target camera is, not what
-        the source shows).
+        token indices, needed by the copy gate (dropped sources do not copy).
         """
         k, B = int(targets_per_source), rel_pose.shape[0]
         Bs = emb.shape[0]
@@ -306,15 +279,12 @@ class NVSTransformer(nn.Module):
         cond = torch.where(d, self.null_condition(B), self.condition(emb.repeat_interleave(k, 0), rel_pose))
         cond_p = cond if self.config.prefix_cond == "full" else \
             torch.where(ds, self.null_condition(Bs), self.source_condition(emb))
-        prefix = torch.where(ds[:, :, None], self.null_prefix(Bs), self.embed_prefix(src_codes, self.ray_tokens(src_rays)))
+        prefix = torch.where(ds[:, :, None], self.null_prefix(Bs), self.embed_prefix(src_codes))
         kv = self.encode_prefix(prefix, cond_p)
         if k > 1:
             kv = [(pk.repeat_interleave(k, 0), pv.repeat_interleave(k, 0)) for pk, pv in kv]
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
                        + self.pos_1LC[:, self.first_l:]), dim=1)
-        ray_tok = self.ray_tokens(tgt_rays)
-        if ray_tok is not None:
-            x = x + ray_tok
         h, _ = self.run(x, cond, kv, self.target_mask())
         return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
 

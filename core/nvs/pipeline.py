@@ -25,7 +25,6 @@ from core.checkpoint import CheckpointError
 from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image
 from core.nvs.config import NVSConfig
 from core.nvs.model import KV, NVSTransformer
-from core.nvs.rays import token_rays
 from core.nvs.sampling import cat_kv, expand_kv, next_scale_sample
 
 
@@ -49,7 +48,6 @@ class SourceHandle:
     codes: torch.Tensor                 # [1, L, Cvae] codebook vectors of the source tokens
     embedding: torch.Tensor             # [1, E]
     prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
-    ray_tok: torch.Tensor | None = None  # [1, L, C] source ray embeddings (models with ray_embed)
 
 
 def check_camera(name: str, w2c) -> np.ndarray:
@@ -200,21 +198,10 @@ class NVSPipeline:
                 emb = self.embedder(x).float()
         self.model.check_embedding(emb)
         h = SourceHandle(tensor_to_image(x[0]), w2c, fov_deg or cameras.DEFAULT_FOV_DEG, idx, codes, emb)
-        h.ray_tok = self._ray_tokens([w2c], w2c, h.fov_deg)
         if self.model.config.prefix_cond == "source":
             with self._ac():
-                h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes, h.ray_tok),
-                                                       self.model.source_condition(emb))
+                h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes), self.model.source_condition(emb))
         return h
-
-    def _ray_tokens(self, w2cs: Sequence, source_w2c, fov_deg: float) -> torch.Tensor | None:
-        """Ray embeddings [N, L, C] of cameras ``w2cs`` (None for a model without ``ray_embed``)."""
-        if self.model.ray_embed is None:
-            return None
-        pn = self.model.config.patch_nums
-        rays = torch.from_numpy(np.stack([token_rays(w, fov_deg, pn, source_w2c) for w in w2cs])).to(self.device)
-        with self._ac():
-            return self.model.ray_tokens(rays)
 
     def _uncond_prefix(self) -> list[KV]:
         if self._uncond_kv is None:  # the null prefix is the same for every source: cache it for good
@@ -223,13 +210,8 @@ class NVSPipeline:
         return self._uncond_kv
 
     def _prepare(self, src, source_w2c, targets: Sequence, cfg: float, reuse_prefix: bool = True):
-        """Conditions for a batch of target cameras: (handle, cond, uncond, prefix_kv(), target ray
-        embeddings or None)."""
         handle = src if isinstance(src, SourceHandle) else self.encode_source(src, source_w2c)
         s_w2c = handle.w2c if source_w2c is None else check_camera("source_w2c", source_w2c)
-        if self.model.ray_embed is not None and not np.allclose(s_w2c, handle.w2c):
-            # the source's rays are part of its cached prefix: another source camera needs a new one
-            handle = self.encode_source(handle.image, s_w2c, handle.fov_deg, handle.embedding)
         tg = [check_camera(f"target_w2c[{i}]", t) for i, t in enumerate(targets)]
         if not tg:
             raise ValueError("no target cameras given")
@@ -238,23 +220,21 @@ class NVSPipeline:
         with self._ac():
             cond = m.condition(handle.embedding.expand(N, -1), rel)
             uncond = m.null_condition(N) if cfg != 0 else None
-        ray_tok = self._ray_tokens(tg, s_w2c, handle.fov_deg)
 
         def prefix_kv() -> list[KV]:
             with self._ac():
                 if m.config.prefix_cond == "full":
-                    kv = m.encode_prefix(m.embed_prefix(handle.codes, handle.ray_tok).expand(N, -1, -1), cond)
+                    kv = m.encode_prefix(m.embed_prefix(handle.codes).expand(N, -1, -1), cond)
                 elif reuse_prefix and handle.prefix_kv is not None:
                     kv = expand_kv(handle.prefix_kv, N)
                 else:
-                    kv = expand_kv(m.encode_prefix(m.embed_prefix(handle.codes, handle.ray_tok),
-                                                   m.source_condition(handle.embedding)), N)
+                    kv = expand_kv(m.encode_prefix(m.embed_prefix(handle.codes), m.source_condition(handle.embedding)), N)
                 if uncond is not None:
                     ukv = self._uncond_prefix() if reuse_prefix else \
                         m.encode_prefix(m.null_prefix(1), m.null_condition(1))
                     kv = cat_kv(kv, expand_kv(ukv, N))
             return kv
-        return handle, cond, uncond, prefix_kv, ray_tok
+        return handle, cond, uncond, prefix_kv
 
     # ------------------------------------------------------------------ sampling
     def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
@@ -263,12 +243,11 @@ class NVSPipeline:
                                                                top_p, temperature)
         # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
         # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
-        handle, cond, uncond, prefix_kv, ray_tok = self._prepare(src, source_w2c, targets, cfg,
-                                                                 reuse_prefix and use_cache)
+        handle, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix and use_cache)
         src_idx = torch.cat(handle.indices, 1).expand(cond.shape[0], -1) if self.model.copy_gate is not None else None
         it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
                                top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel,
-                               src_idx=src_idx, ray_tok=ray_tok)
+                               src_idx=src_idx)
         while True:
             with torch.no_grad(), self._ac():
                 nxt = next(it, None)

@@ -49,8 +49,8 @@ def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
 def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
                       prefix_kv: Callable[[], list[KV]], seed: int = 0, cfg: float = 3.0, top_k: int = 0,
                       top_p: float = 0.0, temperature: float = 1.0, use_cache: bool = True,
-                      cancel: Callable[[], bool] | None = None, src_idx: torch.Tensor | None = None,
-                      ray_tok: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                      cancel: Callable[[], bool] | None = None,
+                      src_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
 
     cond [N,C] (and uncond [N,C] when guiding) are the AdaLN conditions; ``prefix_kv()``
@@ -59,11 +59,8 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
     re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all). src_idx [N, L]:
     the source's token indices for a model with a copy gate (the unconditional rows never copy).
-    ray_tok [N, L, C]: the targets' ray embeddings for a model with ``ray_embed`` (both branches).
     """
     N, S = cond.shape[0], model.config.num_scales
-    if (ray_tok is None) != (model.ray_embed is None):
-        raise ValueError("ray_tok (the targets' ray embeddings) must be given exactly when the model has ray_embed")
     guided = uncond is not None and cfg != 0
     c = torch.cat((cond, uncond)) if guided else cond
     gens = [torch.Generator(device=cond.device).manual_seed(int(seed)) for _ in range(N)]
@@ -71,9 +68,7 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     if src_idx is not None and guided:
         src_idx = torch.cat((src_idx, src_idx))
         use_copy = torch.arange(2 * N, device=cond.device) < N
-    if ray_tok is not None and guided:
-        ray_tok = torch.cat((ray_tok, ray_tok))
-    x = model.start_tokens(c, ray_tok)
+    x = model.start_tokens(c)
     past = prefix_kv() if use_cache else None
     seen: list[torch.Tensor] = []
     f_hat = tok.empty_fhat(N).to(cond.device)
@@ -94,5 +89,5 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
         f_hat, nxt = tok.next_input(si, f_hat, idx)
         yield si, f_hat, idx
         if nxt is not None:
-            x = model.embed_scale(si + 1, nxt.to(c.dtype), None if ray_tok is None else ray_tok[:N])
+            x = model.embed_scale(si + 1, nxt.to(c.dtype))
             x = torch.cat((x, x)) if guided else x

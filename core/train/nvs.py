@@ -28,7 +28,6 @@ from core.checkpoint import check_safetensors_file, config_from_dict, load_confi
 from core.nvs.config import NVSConfig
 from core.nvs.data import OnlineSampler, PairSampler, cache_dir, load_cached, split_scales, tokenise_objects
 from core.nvs.model import NVSTransformer
-from core.nvs.rays import token_rays
 
 
 # ----------------------------------------------------------------------------- optimizer state in safetensors
@@ -66,25 +65,20 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1, t
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def model_inputs(model: NVSTransformer, tok, b: dict, targets_per_source: int = 1) -> tuple[dict, torch.Tensor]:
-    """Batch -> (keyword arguments of ``model(...)``, target indices [B, L]); with k targets per
-    source the source rows are taken once (every k-th)."""
+def model_inputs(model: NVSTransformer, tok, b: dict, targets_per_source: int = 1) -> tuple:
+    """Batch -> forward inputs; with k targets per source the source rows are taken once (every k-th)."""
     cfg, k = model.config, targets_per_source
+    src = split_scales(b["src"], cfg.patch_nums)
+    tgt = split_scales(b["tgt"], cfg.patch_nums)
+    x_tf = tok.teacher_forcing_inputs(tgt)
+    codes = tok.lookup(b["src"][::k])
     if cfg.embedder == "cnn":
         emb = model.embed_image(b["small"][::k])
     elif "emb" in b:
         emb = b["emb"][::k]
     else:
         raise ValueError("embedder=open_clip training needs precomputed {i}e.npy embeddings in every object folder")
-    kw = dict(emb=emb, rel_pose=b["rel_pose"], src_codes=tok.lookup(b["src"][::k]),
-              x_tf=tok.teacher_forcing_inputs(split_scales(b["tgt"], cfg.patch_nums)), targets_per_source=k,
-              src_idx=b["src"][::k])
-    if cfg.ray_embed:
-        dev, pn = b["tgt"].device, cfg.patch_nums
-        rays = [token_rays(t, f, pn, s) for s, t, f in zip(b["src_w2c"], b["tgt_w2c"], b["fov"])]
-        src_rays = [token_rays(s, f, pn, s) for s, f in zip(b["src_w2c"][::k], b["fov"][::k])]
-        kw.update(src_rays=torch.from_numpy(np.stack(src_rays)).to(dev), tgt_rays=torch.from_numpy(np.stack(rays)).to(dev))
-    return kw, b["tgt"]
+    return emb, b["rel_pose"], codes, x_tf, b["tgt"], src
 
 
 def loss_acc(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -99,8 +93,8 @@ def validate(model, tok, sampler: PairSampler, pairs, device) -> dict:
     L, A = [], []
     for i in range(0, len(pairs), 8):
         b = sampler.batch(pairs[i:i + 8], device)
-        kw, tgt = model_inputs(model, tok, b)
-        loss, acc = loss_acc(model(**kw), tgt)
+        emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b)
+        loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"]), tgt)
         L.append(loss.item())
         A.append(acc)
     model.train()
@@ -155,8 +149,6 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--copy-gate", action=argparse.BooleanOptionalAction, default=True,
                     help="pointer-style copy of the source token at the same place (NVSConfig.copy_gate)")
-    ap.add_argument("--ray-embed", action=argparse.BooleanOptionalAction, default=False,
-                    help="per-token camera-ray embeddings of source and target tokens (NVSConfig.ray_embed)")
     ap.add_argument("--embedder", choices=("cnn", "open_clip"), default="cnn",
                     help="open_clip: train on precomputed 768-d {i}e.npy embeddings")
     ap.add_argument("--embed-dim", type=int, default=None)
@@ -218,7 +210,7 @@ def main(argv=None) -> int:
         cfg = config_from_dict(NVSConfig, load_config(latest), source=str(latest / "config.json"))
     else:
         emb_dim = a.embed_dim or (768 if a.embedder == "open_clip" else 256)
-        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, copy_gate=a.copy_gate, ray_embed=a.ray_embed,
+        cfg = NVSConfig(depth=a.depth, width=a.width, num_heads=a.heads, copy_gate=a.copy_gate,
                         cond_drop_rate=a.cond_drop,
                         prefix_cond=a.prefix_cond, vocab_size=tcfg.vocab_size, latent_dim=tcfg.latent_dim,
                         patch_nums=tcfg.patch_nums, resolution=tcfg.resolution, tokenizer_hash=th,
@@ -238,8 +230,8 @@ def main(argv=None) -> int:
         state = json.loads((latest / "state.json").read_text())
         step = state["step"]
         print(f"resumed from {latest} at step {step}", flush=True)
-    elif a.init:  # a ray embedding the initial model lacks starts at its zero init: the same function
-        load_into(model, a.init, keep_new="ray_embed." if cfg.ray_embed else None)
+    elif a.init:
+        load_into(model, a.init)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, config {json.dumps(cfg.to_dict())}", flush=True)
 
@@ -306,8 +298,8 @@ def main(argv=None) -> int:
         k = 1 if a.online else a.targets_per_source  # the online sampler groups its own pairs
         b = sampler.batch(sampler.pairs(a.batch) if a.online else sampler.pairs(a.batch, k), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            kw, tgt = model_inputs(model, tok, b, k)
-            logits = model(**kw)
+            emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
+            logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k])
         loss, acc = loss_acc(logits.float(), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
