@@ -125,6 +125,25 @@ def test_shared_prefix_forward_equals_one_prefix_per_target(pipe):
         m(emb, rel, codes, x_tf, targets_per_source=3)
 
 
+def test_truncated_forward_equals_the_first_scales_of_the_full_one(pipe):
+    """scales=s (coarse-step training) gives exactly the full forward's logits of the first s scales:
+    block-causal attention means later scales never reach earlier ones."""
+    m = pipe.model
+    L, C = m.config.num_tokens, m.config.latent_dim
+    g = torch.Generator().manual_seed(1)
+    emb, codes = torch.randn(2, m.config.embed_dim, generator=g), torch.randn(2, L, C, generator=g)
+    rel, x_tf = torch.randn(4, 4, generator=g), torch.randn(4, L - 1, C, generator=g)
+    src, drop = torch.randint(m.config.vocab_size, (2, L), generator=g), torch.tensor([False, True])
+    with torch.no_grad():
+        full = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=2, src_idx=src)
+        for s in (1, 3, m.config.num_scales):
+            part = m(emb, rel, codes, x_tf, drop=drop, targets_per_source=2, src_idx=src, scales=s)
+            T = m.begin_ends[s - 1][1]
+            assert part.shape == (4, T, m.config.vocab_size) and torch.allclose(part, full[:, :T], atol=1e-5)
+    with pytest.raises(ValueError, match="scales must be in"):
+        m(emb, rel, codes, x_tf, targets_per_source=2, src_idx=src, scales=m.config.num_scales + 1)
+
+
 def test_teacher_forcing_matches_cached_sampling(pipe):
     """Greedy sampling with the KV cache picks argmax of the teacher-forced logits at every scale."""
     m, tok = pipe.model, pipe.tok
@@ -333,6 +352,27 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
               "per_object", "zero_pose_psnr"):
         assert k in res
     assert res["n_objects"] == 1 and res["n_views"] == 3
+
+
+def test_coarse_steps_train_the_first_scales(tmp_path, tok):
+    """--coarse-scales/--coarse-fraction: every other step trains 1x1..2x2 with 4 targets per source;
+    both kinds are logged apart; impossible settings are refused with the reason."""
+    from core.train.nvs import main as train_main
+    make_dataset(tmp_path / "data")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    args = ["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer"), "--out",
+            str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--batch", "2", "--depth", "1", "--width", "32",
+            "--heads", "2", "--embed-dim", "16", "--log-every", "1", "--val-every", "100"]
+    assert train_main(args + ["--steps", "4", "--coarse-scales", "2", "--coarse-fraction", "0.5",
+                              "--coarse-batch", "8", "--coarse-targets-per-source", "4"]) == 0
+    log = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert [("coarse_loss" in r, "loss" in r) for r in log] == [(False, True), (True, False)] * 2
+    assert all(math.isfinite(r.get("loss", r.get("coarse_loss"))) for r in log)
+    assert train_main(args + ["--steps", "1", "--coarse-scales", str(len(tok.config.patch_nums))]) == 2
+    with pytest.raises(SystemExit):
+        train_main(args + ["--steps", "1", "--coarse-scales", "2", "--coarse-fraction", "0"])
+    with pytest.raises(SystemExit):
+        train_main(args + ["--steps", "1", "--coarse-scales", "2", "--coarse-batch", "6"])
 
 
 def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, tok):

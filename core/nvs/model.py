@@ -248,7 +248,7 @@ class NVSTransformer(nn.Module):
 
     def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
                 drop: torch.Tensor | None = None, targets_per_source: int = 1,
-                src_idx: torch.Tensor | None = None) -> torch.Tensor:
+                src_idx: torch.Tensor | None = None, scales: int | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, L, V] for B targets.
 
         emb [Bs,E] image embedding and src_codes [Bs,L,Cvae] source codebook vectors, one per
@@ -259,7 +259,9 @@ class NVSTransformer(nn.Module):
         times). drop [Bs] bool: which sources (with all their targets) get the unconditional
         branch (global condition AND prefix nulled); in training mode it defaults to
         Bernoulli(cond_drop_rate), so CFG's branch is trained. src_idx [Bs, L]: the source's
-        token indices, needed by the copy gate (dropped sources do not copy).
+        token indices, needed by the copy gate (dropped sources do not copy). ``scales``: only
+        the first this many target scales (logits [B, T, V], T their token count); the forward
+        stops there, so coarse-scale training costs a fraction of a full step.
         """
         k, B = int(targets_per_source), rel_pose.shape[0]
         Bs = emb.shape[0]
@@ -271,6 +273,10 @@ class NVSTransformer(nn.Module):
         if self.copy_gate is not None and (src_idx is None or tuple(src_idx.shape) != (Bs, self.config.num_tokens)):
             raise ValueError(f"copy_gate needs src_idx [{Bs}, {self.config.num_tokens}] (the source's token indices), "
                              f"got {None if src_idx is None else tuple(src_idx.shape)}")
+        n_scales = self.config.num_scales if scales is None else int(scales)
+        if not 1 <= n_scales <= self.config.num_scales:
+            raise ValueError(f"scales must be in 1..{self.config.num_scales}, got {scales!r}")
+        T = self.begin_ends[n_scales - 1][1]
         if drop is None:
             drop = (torch.rand(Bs, device=emb.device) < self.config.cond_drop_rate) if self.training \
                 else torch.zeros(Bs, dtype=torch.bool, device=emb.device)
@@ -283,9 +289,9 @@ class NVSTransformer(nn.Module):
         kv = self.encode_prefix(prefix, cond_p)
         if k > 1:
             kv = [(pk.repeat_interleave(k, 0), pv.repeat_interleave(k, 0)) for pk, pv in kv]
-        x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf) + self.lvl_embed(self.lvl_1L[:, self.first_l:])
-                       + self.pos_1LC[:, self.first_l:]), dim=1)
-        h, _ = self.run(x, cond, kv, self.target_mask())
+        x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf[:, :T - self.first_l])
+                       + self.lvl_embed(self.lvl_1L[:, self.first_l:T]) + self.pos_1LC[:, self.first_l:T]), dim=1)
+        h, _ = self.run(x, cond, kv, self.target_mask(n_scales))
         return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:

@@ -4,7 +4,9 @@ Teacher-forced next-scale training of the NVS transformer on a frozen tokenizer:
 cross-entropy over all target tokens, AdamW (0.9, 0.95) with the pose path at 10x lr,
 grad clipping, per-sample condition dropout (so CFG's unconditional branch is trained),
 zero-pose pairs (source == target) at ``--zero-pose-rate``, ``--targets-per-source`` targets
-sharing one run of their source's prefix. The corpus is tokenised once
+sharing one run of their source's prefix. ``--coarse-scales N --coarse-fraction F`` make a
+share F of the steps coarse steps: loss on the first N scales only (the layout a camera move
+changes; the forward stops there, so a bigger ``--coarse-batch`` costs little). The corpus is tokenised once
 into ``--cache`` (re-done automatically for a different tokenizer). Periodic checkpoints
 (model + optimizer, all safetensors) go to ``OUT/ckpt-latest``; ``--resume`` continues
 from there. Logs train/val loss, token accuracy and PSNR of sampled val views.
@@ -143,6 +145,12 @@ def main(argv=None) -> int:
     ap.add_argument("--targets-per-source", type=int, default=None,
                     help="targets sharing one source prefix pass (batch must be a multiple; 1 = independent "
                          "pairs); default 2, or 1 with --prefix-cond full")
+    ap.add_argument("--coarse-scales", type=int, default=0, metavar="N",
+                    help="coarse steps train the first N target scales only (0 = off; 4 = 1x1..4x4 at 128 px)")
+    ap.add_argument("--coarse-fraction", type=float, default=0.5, metavar="F",
+                    help="share of steps that are coarse steps when --coarse-scales is set (1 = coarse only)")
+    ap.add_argument("--coarse-batch", type=int, default=16, help="targets per coarse step")
+    ap.add_argument("--coarse-targets-per-source", type=int, default=4)
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=192)
@@ -181,6 +189,13 @@ def main(argv=None) -> int:
         ap.error(f"--batch {a.batch} must be a positive multiple of --targets-per-source {a.targets_per_source}")
     if a.targets_per_source > 1 and a.prefix_cond == "full":
         ap.error("--prefix-cond full conditions the prefix on each target: use --targets-per-source 1")
+    if a.coarse_scales:
+        if not 0 < a.coarse_fraction <= 1:
+            ap.error(f"--coarse-fraction must be in (0, 1], got {a.coarse_fraction}")
+        k = a.coarse_targets_per_source
+        if k < 1 or a.coarse_batch % k or (k > 1 and a.prefix_cond == "full") or a.online:
+            ap.error(f"--coarse-batch {a.coarse_batch} must be a positive multiple of --coarse-targets-per-source {k} "
+                     "(1 with --prefix-cond full; coarse steps need the token cache, not --online)")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
@@ -220,6 +235,9 @@ def main(argv=None) -> int:
         cfg.tokenizer_hash = th
     if cfg.tokenizer_hash != th:
         print(f"error: {latest} was trained with tokenizer {cfg.tokenizer_hash}, this one is {th}", file=sys.stderr)
+        return 2
+    if a.coarse_scales and not 0 < a.coarse_scales < cfg.num_scales:
+        print(f"error: --coarse-scales must be in 1..{cfg.num_scales - 1} for patch_nums {cfg.patch_nums}", file=sys.stderr)
         return 2
     model = NVSTransformer(cfg).to(device)
     opt = torch.optim.AdamW(model.param_groups(a.lr, a.wd, a.pose_lr_mult), lr=a.lr, betas=(0.9, 0.95))
@@ -267,8 +285,7 @@ def main(argv=None) -> int:
 
     model.train()
     bar = tqdm(total=a.steps, initial=step, desc="nvs", mininterval=10)
-    run_loss = run_acc = 0.0
-    n_run = 0
+    runs = {"": [0.0, 0.0, 0], "coarse_": [0.0, 0.0, 0]}  # running loss, acc, count per step kind
     while step < a.steps:
         if a.time_limit and wall0 + time.time() - t_start > a.time_limit * 60:
             print("time limit reached", flush=True)
@@ -295,27 +312,35 @@ def main(argv=None) -> int:
         lr = lr_at(step, a.lr, a.warmup, a.steps, time_progress=tp)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        k = 1 if a.online else a.targets_per_source  # the online sampler groups its own pairs
-        b = sampler.batch(sampler.pairs(a.batch) if a.online else sampler.pairs(a.batch, k), device)
+        # coarse steps spread evenly: step s is one when floor((s+1)F) > floor(sF)
+        coarse = bool(a.coarse_scales) and math.floor((step + 1) * a.coarse_fraction) > math.floor(step * a.coarse_fraction)
+        n_scales = a.coarse_scales if coarse else None
+        if coarse:
+            k, n = a.coarse_targets_per_source, a.coarse_batch
+        else:
+            k, n = (1 if a.online else a.targets_per_source), a.batch  # the online sampler groups its own pairs
+        b = sampler.batch(sampler.pairs(n) if a.online else sampler.pairs(n, k), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
-            logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k])
-        loss, acc = loss_acc(logits.float(), tgt)
+            logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k], scales=n_scales)
+        loss, acc = loss_acc(logits.float(), tgt[:, :logits.shape[1]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip).item()
         opt.step()
         step += 1
         bar.update(1)
-        run_loss, run_acc, n_run = run_loss + loss.item(), run_acc + acc, n_run + 1
+        r = runs["coarse_" if coarse else ""]
+        r[0], r[1], r[2] = r[0] + loss.item(), r[1] + acc, r[2] + 1
         if step % a.log_every == 0:
-            rec = {"step": step, "loss": run_loss / n_run, "acc": run_acc / n_run, "lr": lr, "grad_norm": gn,
-                   "wall_s": round(wall0 + time.time() - t_start, 1)}
+            rec = {"step": step, "lr": lr, "grad_norm": gn, "wall_s": round(wall0 + time.time() - t_start, 1)}
+            for kind, r in runs.items():
+                if r[2]:
+                    rec.update({f"{kind}loss": r[0] / r[2], f"{kind}acc": r[1] / r[2]})
+                runs[kind] = [0.0, 0.0, 0]
             log_f.write(json.dumps(rec) + "\n")
             log_f.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
-            run_loss = run_acc = 0.0
-            n_run = 0
+            bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.endswith("loss")})
         if step % a.val_every == 0 or step == a.steps:
             rec = {"step": step, **validate(model, tok, val_sampler, val_pairs, device)}
             if step % a.psnr_every == 0 or step == a.steps:
