@@ -6,10 +6,10 @@ grad clipping, per-sample condition dropout (so CFG's unconditional branch is tr
 zero-pose pairs (source == target) at ``--zero-pose-rate``, ``--targets-per-source`` targets
 sharing one run of their source's prefix. ``--coarse-scales N --coarse-fraction F`` make a
 share F of the steps coarse steps: loss on the first N scales only (the layout a camera move
-changes; the forward stops there, so a bigger ``--coarse-batch`` costs little). The corpus is tokenised once
-into ``--cache`` (re-done automatically for a different tokenizer). Periodic checkpoints
-(model + optimizer, all safetensors) go to ``OUT/ckpt-latest``; ``--resume`` continues
-from there. Logs train/val loss, token accuracy and PSNR of sampled val views.
+changes, starved under a uniform loss; the forward stops there, so a bigger ``--coarse-batch``
+costs little). The corpus is tokenised once into ``--cache`` (re-done automatically for a
+different tokenizer). Periodic checkpoints (model + optimizer, all safetensors) go to
+``OUT/ckpt-latest``; ``--resume`` continues from there. Logs train/val loss, token accuracy and PSNR of sampled val views.
 """
 from __future__ import annotations
 
