@@ -192,10 +192,13 @@ def main(argv=None) -> int:
     if a.coarse_scales:
         if not 0 < a.coarse_fraction <= 1:
             ap.error(f"--coarse-fraction must be in (0, 1], got {a.coarse_fraction}")
+        if a.online:
+            ap.error("--coarse-scales needs the token cache: drop --online")
         k = a.coarse_targets_per_source
-        if k < 1 or a.coarse_batch % k or (k > 1 and a.prefix_cond == "full") or a.online:
-            ap.error(f"--coarse-batch {a.coarse_batch} must be a positive multiple of --coarse-targets-per-source {k} "
-                     "(1 with --prefix-cond full; coarse steps need the token cache, not --online)")
+        if k < 1 or a.coarse_batch % k:
+            ap.error(f"--coarse-batch {a.coarse_batch} must be a positive multiple of --coarse-targets-per-source {k}")
+        if k > 1 and a.prefix_cond == "full":
+            ap.error("--prefix-cond full conditions the prefix on each target: use --coarse-targets-per-source 1")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
