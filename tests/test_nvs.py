@@ -288,6 +288,9 @@ def test_bad_cameras_embeddings_and_pairs(pipe, tok):
         pipe.generate(blob(), SRC, [bad])
     with pytest.raises(cameras.CameraError, match="source_w2c"):
         pipe.encode_source(blob(), np.zeros((3, 4)))
+    for r in (0.5, 1e6):  # inside the object's bounding sphere / far beyond any trained pose
+        with pytest.raises(cameras.CameraError, match=r"target_w2c\[0\]: camera distance"):
+            pipe.generate(blob(), SRC, [cameras.pose_from_spherical(30, 10, r)])
     with pytest.raises(ValueError, match="embedding"):
         pipe.encode_source(blob(), SRC, embedding=np.zeros(5, np.float32))
     other = MultiScaleVQVAE(TokenizerConfig(**{**TOK_CFG, "vocab_size": 32}))

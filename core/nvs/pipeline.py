@@ -50,6 +50,12 @@ class SourceHandle:
     prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
 
 
+# Cameras look at an object normalised to the unit box (DESIGN.md). Nearer than 0.9 the camera is
+# inside its bounding sphere; beyond 10 the object spans a few pixels and the pose input's d_r lies
+# far outside anything a model saw (the corpus: 1.65-2.04; ArchonView's renders: 1.5-2.2).
+CAMERA_RADIUS_RANGE = (0.9, 10.0)
+
+
 def check_camera(name: str, w2c) -> np.ndarray:
     """A usable 3x4 world-to-camera matrix, or a CameraError that says what is wrong with it."""
     try:
@@ -57,6 +63,11 @@ def check_camera(name: str, w2c) -> np.ndarray:
     except (TypeError, ValueError):
         raise cameras.CameraError(f"{name}: not a numeric 3x4 world-to-camera matrix") from None
     problems = [p for p in cameras.validate_w2c(a) if "does not look at" not in p]
+    if not problems:
+        r = float(np.linalg.norm(cameras.camera_center(a)))
+        lo, hi = CAMERA_RADIUS_RANGE
+        if not lo <= r <= hi:
+            problems.append(f"camera distance {r:.3g} from the object's centre is outside [{lo}, {hi}]")
     if problems:
         raise cameras.CameraError(f"{name}: {'; '.join(problems)}")
     return a[:3, :4].astype(np.float32)
