@@ -9,7 +9,8 @@ share F of the steps coarse steps: loss on the first N scales only (the layout a
 changes, starved under a uniform loss; the forward stops there, so a bigger ``--coarse-batch``
 costs little). The corpus is tokenised once into ``--cache`` (re-done automatically for a
 different tokenizer). Periodic checkpoints (model + optimizer, all safetensors) go to
-``OUT/ckpt-latest``; ``--resume`` continues from there. Logs train/val loss, token accuracy and PSNR of sampled val views.
+``OUT/ckpt-latest``; ``--resume`` continues from there. Logs train/val loss, token accuracy
+and PSNR of sampled val views.
 """
 from __future__ import annotations
 
