@@ -166,6 +166,8 @@ def validate_w2c(w2c, *, tol: float = 1e-3, look_at_tol_deg: float = 2.0) -> lis
     if not np.all(np.isfinite(a)):
         return ["not finite"]
     problems = []
+    if a.shape == (4, 4) and np.abs(a[3] - (0, 0, 0, 1)).max() > tol:
+        problems.append(f"bottom row {a[3].tolist()} is not [0, 0, 0, 1] (not a rigid transform)")
     R = a[:3, :3]
     if np.abs(R @ R.T - np.eye(3)).max() > tol:
         problems.append("rotation is not orthonormal")

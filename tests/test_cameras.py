@@ -112,3 +112,7 @@ def test_validate_w2c_reports_problems():
     off = C.look_at([2, 0, 0], target=[0, 0.5, 0])
     assert any("look at the origin" in p for p in C.validate_w2c(off))
     assert any("finite" in p for p in C.validate_w2c(np.full((3, 4), np.nan)))
+    skewed = np.eye(4)
+    skewed[:3] = w2c
+    skewed[3, 3] = 51.0
+    assert any("bottom row" in p for p in C.validate_w2c(skewed))
