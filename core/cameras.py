@@ -39,6 +39,29 @@ def camera_center(w2c: np.ndarray) -> np.ndarray:
     return -R.T @ t
 
 
+def at_distance(w2c, radius: float) -> np.ndarray:
+    """The same camera slid along its ray through the origin (the object's centre) to ``radius``:
+    same rotation, ``t`` scaled, so the origin projects to the same pixel."""
+    a = np.asarray(w2c, dtype=np.float64)[:3, :4].copy()
+    r = float(np.linalg.norm(camera_center(a)))
+    if not (r > 1e-9 and math.isfinite(radius) and radius > 0):
+        raise CameraError(f"cannot move a camera at distance {r:.3g} to distance {radius!r}")
+    a[:, 3] *= radius / r
+    return a
+
+
+def origin_ndc(w2c, fov_deg: float = DEFAULT_FOV_DEG) -> tuple[float, float]:
+    """Where the world origin projects, in the [-1, 1] image coordinates of ``grid_sample``
+    (x right, y down; (0, 0) = the image centre, which it is for every look-at camera).
+    A camera with the origin behind it gets the centre."""
+    t = np.asarray(w2c, dtype=np.float64)[:3, 3]
+    depth = -t[2]
+    if depth <= 1e-9:
+        return 0.0, 0.0
+    k = math.tan(math.radians(fov_deg) / 2) * depth
+    return float(t[0] / k), float(-t[1] / k)
+
+
 def look_at(center: np.ndarray, target: np.ndarray = (0.0, 0.0, 0.0), up: np.ndarray = WORLD_UP) -> np.ndarray:
     """3x4 world-to-camera matrix of a camera at ``center`` looking at ``target`` with no roll."""
     center = np.asarray(center, dtype=np.float64)

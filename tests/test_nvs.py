@@ -12,7 +12,7 @@ from PIL import Image
 
 from core import cameras
 from core.checkpoint import CheckpointError
-from core.data.io import write_meta, write_view
+from core.data.io import image_to_tensor, read_view, tensor_to_image, write_meta, write_view, zoom_images
 from core.nvs import Frame, NVSConfig, NVSPipeline, NVSTransformer
 from core.nvs.pipeline import tokenizer_fingerprint
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -149,7 +149,7 @@ def test_teacher_forcing_matches_cached_sampling(pipe):
     m, tok = pipe.model, pipe.tok
     h = pipe.encode_source(blob(), SRC)
     from core.nvs.sampling import next_scale_sample
-    _, cond, _, kv = pipe._prepare(h, None, TGTS[:1], cfg=0)
+    _, cond, _, kv, _ = pipe._prepare(h, None, TGTS[:1], cfg=0)
     src = torch.cat(h.indices, 1)
     idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0, src_idx=src)]
     rel = torch.from_numpy(cameras.relative_pose(SRC, TGTS[0]))[None]
@@ -317,7 +317,7 @@ def test_checkpoint_roundtrip(tmp_path, pipe, tok):
 
 
 # ----------------------------------------------------------------------------- CLIs
-def make_dataset(root, n_train=3, n_val=2, views=4):
+def make_dataset(root, n_train=3, n_val=2, views=4, radii=(2.0,)):
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("val", n_val)):
         for o in range(n):
@@ -325,8 +325,79 @@ def make_dataset(root, n_train=3, n_val=2, views=4):
             color = tuple(int(c) for c in rng.integers(0, 200, 3))
             for v in range(views):
                 write_view(obj, v, blob(color, 32).rotate(30 * v, fillcolor="white"),
-                           cameras.pose_from_spherical(90 * v, 20, 2.0))
+                           cameras.pose_from_spherical(90 * v, 20, radii[v % len(radii)]))
             write_meta(obj, {"fov_deg": 40.0})
+
+
+def test_distance_zoom_is_the_camera_slide():
+    """Sliding a camera along its ray through the origin keeps the origin's pixel and scales the
+    origin's depth plane by r_old / r_new about it: what zoom_images applies to an image."""
+    w = cameras.pose_from_spherical(30, 15, 2.0)
+    far = cameras.at_distance(w, 3.0)
+    assert np.isclose(np.linalg.norm(cameras.camera_center(far)), 3.0) and np.allclose(far[:, :3], w[:, :3])
+    assert np.isclose(cameras.relative_pose(w, far)[3], 1.0) and np.allclose(cameras.relative_pose(w, far)[:3], [0, 0, 1])
+    K = cameras.intrinsics(40.0, 64)
+    p = 0.25 * w[0, :3] - 0.15 * w[1, :3]  # in the origin's depth plane (camera x and y axes)
+    (uv_near,), _ = cameras.project(p[None], w, K)
+    (uv_far,), _ = cameras.project(p[None], far, K)
+    assert np.allclose(uv_far - 32, (uv_near - 32) * 2 / 3, atol=1e-4)
+    img = np.full((64, 64, 3), 255, np.uint8)  # a dark 4x4 dot at the near pixel
+    i, j = int(uv_near[1]), int(uv_near[0])
+    img[i - 2:i + 2, j - 2:j + 2] = 0
+    x = image_to_tensor(Image.fromarray(img))[None]
+    z = zoom_images(x, [2 / 3], [cameras.origin_ndc(far, 40.0)])[0]
+    dark = (1 - z.mean(0)).clamp(min=0)
+    ys, xs = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    centroid = np.array([(dark * xs).sum() / dark.sum(), (dark * ys).sum() / dark.sum()])
+    assert np.allclose(centroid - 32, (np.array([j, i]) - 32) * 2 / 3, atol=0.2)
+    assert float(z[:, 0, 0].min()) == 1.0 and torch.equal(zoom_images(x, [1.0])[0], x[0])
+    # an off-centre look: origin_ndc is where project() puts the origin
+    off = cameras.look_at(cameras.spherical_to_center(10, 20, 2.0), target=(0.2, -0.1, 0.05))
+    (uv,), _ = cameras.project(np.zeros((1, 3)), off, K)
+    assert np.allclose(cameras.origin_ndc(off, 40.0), uv / 32 - 1, atol=1e-5)
+
+
+def test_distance_zoom_pipeline_scales_the_model_view(tok):
+    """distance_zoom: a camera twice as far gives the same sampled view at half the size."""
+    p = NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True, distance_zoom=True))), tok)
+    h = p.encode_source(blob(), SRC)
+    near = p.generate(h, None, [TGTS[1]], seed=3)[0]
+    far_cam = cameras.at_distance(TGTS[1], 4.0)
+    far = p.generate(h, None, [TGTS[0], far_cam], seed=3)[1]
+    expect = tensor_to_image(zoom_images(image_to_tensor(near)[None], [0.5]))
+    assert np.abs(arr(far) - arr(expect)).max() <= 2 and not np.array_equal(arr(far), arr(near))
+    frames = list(p.stream(h, None, far_cam, seed=3))
+    assert np.array_equal(arr(frames[-1].image), arr(far))
+    assert arr(frames[0].image)[0, 0].min() == 255  # previews are scaled too: white enters at the border
+
+
+def test_distance_zoom_training_targets(tmp_path, tok):
+    """The sampler's zoomed targets are the tokenizer's tokens of the scaled image, with d_r = 0."""
+    from core.nvs.data import DistanceZoom, PairSampler, load_cached, tokenise_objects
+    from core.train.nvs import main as train_main
+    make_dataset(tmp_path / "data", n_train=1, n_val=1, radii=(2.0, 2.5))
+    tokenise_objects(tmp_path / "data", "train", tok, tmp_path / "cache", 16, progress=False)
+    objs = load_cached(tmp_path / "cache")
+    folder = tmp_path / "data" / "train" / "obj0"
+    zs = PairSampler(objs, 0.0, seed=0, zoom=DistanceZoom({"obj0": folder}, tok))
+    b = zs.batch([(0, 0, 1), (0, 0, 2)])
+    assert np.allclose(b["rel_pose"][:, 3].numpy(), 0.0, atol=1e-5)
+    x = image_to_tensor(read_view(folder, "001", 32, extras=False).image)[None]
+    want = torch.cat(tok.encode_indices(zoom_images(x, [2.5 / 2.0])), 1)[0]
+    assert torch.equal(b["tgt"][0], want)  # 001 is farther: scaled up to the source's distance
+    assert torch.equal(b["tgt"][1], torch.from_numpy(objs[0].tokens[2]).long())  # same distance: cached tokens
+    plain = PairSampler(objs, 0.0, seed=0).batch([(0, 0, 1)])
+    assert np.isclose(float(plain["rel_pose"][0, 3]), 0.5) and not torch.equal(plain["tgt"][0], want)
+    tok.save_pretrained(tmp_path / "tokenizer")
+    args = ["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer"), "--out",
+            str(tmp_path / "run"), "--cache", str(tmp_path / "tc"), "--batch", "2", "--depth", "1", "--width", "32",
+            "--heads", "2", "--embed-dim", "16", "--val-every", "100", "--steps", "1"]
+    assert train_main(args + ["--distance-zoom"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["distance_zoom"] is True
+    assert train_main(args + ["--resume", "--steps", "2", "--no-distance-zoom"]) == 2  # refused: trained with it
+    assert train_main(args + ["--resume", "--steps", "2", "--online"]) == 2  # the online sampler does not zoom
+    with pytest.raises(SystemExit):
+        train_main(args + ["--distance-zoom", "--online"])
 
 
 def test_train_resume_and_eval_cli(tmp_path, tok):

@@ -51,7 +51,7 @@ def diffusion_peer(pipe, handle, target, steps: int) -> None:
     (bidirectional, CFG-doubled batch, prefix cached), then one decode: the cost shape of a
     latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680)."""
     m = pipe.model
-    _, cond, uncond, prefix_kv = pipe._prepare(handle, None, [target], cfg=3.0)
+    _, cond, uncond, prefix_kv, _ = pipe._prepare(handle, None, [target], cfg=3.0)
     c = torch.cat((cond, uncond))
     kv = prefix_kv()
     G = m.config.patch_nums[-1]

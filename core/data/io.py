@@ -51,6 +51,31 @@ def resize_area(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
 
 
+def zoom_images(x: torch.Tensor, scale, centre=None) -> torch.Tensor:
+    """Scale images ``[B, 3, H, W]`` in [-1, 1] by ``scale`` [B] about ``centre`` [B, 2]
+    (``grid_sample`` coordinates, default the image centre): what leaves the frame is cut,
+    what enters it is white. A camera slid along its ray through a point sees the image
+    scaled about that point's projection (exactly for the point's depth plane).
+    Shrinking is sampled at 2x and box-filtered so it does not alias."""
+    B, _, H, W = x.shape
+    s = torch.as_tensor(scale, dtype=torch.float32).reshape(B).to(x.device)
+    c = torch.zeros(B, 2) if centre is None else torch.as_tensor(centre, dtype=torch.float32).reshape(B, 2)
+    c = c.to(x.device)
+    out = x.float().clone()
+    for group, ss in ((s < 1, 2), (s > 1, 1)):  # scale exactly 1 stays untouched
+        if not bool(group.any()):
+            continue
+        inv = 1.0 / s[group]
+        theta = torch.zeros(len(inv), 2, 3, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = inv
+        theta[:, :, 2] = c[group] * (1 - inv)[:, None]
+        grid = torch.nn.functional.affine_grid(theta, [len(inv), 3, H * ss, W * ss], align_corners=False)
+        y = torch.nn.functional.grid_sample(out[group] - 1, grid, mode="bilinear", padding_mode="zeros",
+                                            align_corners=False) + 1
+        out[group] = torch.nn.functional.avg_pool2d(y, ss) if ss > 1 else y
+    return out.to(x.dtype)
+
+
 def load_image(path: str | Path, size: int | None = None) -> Image.Image:
     """Read an image file as RGB on white, optionally resized (area filter) to ``size``."""
     path = Path(path)

@@ -24,6 +24,12 @@ class NVSConfig:
     logit of the source token at the same scale and position. Reproducing the source (zero
     relative pose) and keeping what a camera move leaves in place then need one learned
     scalar per token, not a sharp attention pattern that a small model learns late.
+
+    ``distance_zoom`` (ours, off for imports): the model generates every target as seen from
+    the *source's* distance (relative pose ``d_r = 0``, trained on targets scaled to match) and
+    the pipeline applies the distance change as an image scale about the object's centre.
+    Moving a camera along its ray through the object is, to first order, a zoom; a small model
+    did not learn that from ``d_r`` (its views kept the source's size), geometry gives it exactly.
     """
     depth: int = 4
     width: int = 256
@@ -34,6 +40,7 @@ class NVSConfig:
     cond_drop_rate: float = 0.1
     prefix_cond: str = "source"
     copy_gate: bool = False               # pointer-style copy of the source token at the same place (ours)
+    distance_zoom: bool = False           # camera distance applied as an image scale, not by the model (ours)
     # tokenizer it was trained with (checked at load: a mismatched pair is refused)
     vocab_size: int = 1024
     latent_dim: int = 32

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from core import cameras
-from core.data.io import DataError, image_to_tensor, index_objects, read_view
+from core.data.io import DataError, image_to_tensor, index_objects, read_view, zoom_images
 
 
 def cache_dir(root: str | Path, tok_hash: str, split: str) -> Path:
@@ -78,14 +78,45 @@ def load_cached(folder: Path, skip: set[str] | None = None) -> list[TokenObject]
     return out
 
 
+class DistanceZoom:
+    """Targets as the source's distance would see them (``NVSConfig.distance_zoom``): the target
+    camera slides along its ray to the source's radius and its view is scaled by r_t / r_s about
+    the object's centre, then tokenised. The cache holds each view once, at its own distance,
+    so these targets are read and encoded per batch (about 0.3 s for 16 on one CPU thread)."""
+
+    def __init__(self, folders: dict[str, Path], tok):
+        self.folders, self.tok = folders, tok
+
+    def target_pose(self, src_w2c, tgt_w2c) -> tuple[np.ndarray, float]:
+        r_s = float(np.linalg.norm(cameras.camera_center(src_w2c)))
+        r_t = float(np.linalg.norm(cameras.camera_center(tgt_w2c)))
+        return cameras.at_distance(tgt_w2c, r_s), r_t / r_s
+
+    @torch.no_grad()
+    def tokens(self, items: list[tuple[TokenObject, int, np.ndarray, float]]) -> torch.Tensor:
+        """(object, target view, moved target camera, scale) -> concatenated indices [N, L]."""
+        R = self.tok.config.resolution
+        imgs = []
+        for obj, t, w2c, _ in items:
+            if obj.name not in self.folders:
+                raise DataError(f"distance zoom: no image folder for cached object {obj.name}")
+            imgs.append(image_to_tensor(read_view(self.folders[obj.name], obj.views[t], R, fov_deg=obj.fov,
+                                                  extras=False).image))
+        x = zoom_images(torch.stack(imgs), [k for *_, k in items],
+                        [cameras.origin_ndc(w, obj.fov) for obj, _, w, _ in items])
+        return torch.cat(self.tok.encode_indices(x.to(self.tok.device)), 1).cpu()
+
+
 class PairSampler:
     """Random (source, target) pairs; with ``zero_pose_rate`` the target is the source itself
-    (so generating the source camera learns to reproduce the source)."""
+    (so generating the source camera learns to reproduce the source). With ``zoom`` (a
+    DistanceZoom) every target is seen from the source's distance."""
 
-    def __init__(self, objects: list[TokenObject], zero_pose_rate: float = 0.15, seed: int | None = None):
+    def __init__(self, objects: list[TokenObject], zero_pose_rate: float = 0.15, seed: int | None = None,
+                 zoom: DistanceZoom | None = None):
         if not objects:
             raise DataError("no tokenised objects")
-        self.objects, self.zero_pose_rate = objects, zero_pose_rate
+        self.objects, self.zero_pose_rate, self.zoom = objects, zero_pose_rate, zoom
         self.rng = random.Random(seed)
 
     def pairs(self, n: int, targets_per_source: int = 1) -> list[tuple[int, int, int]]:
@@ -105,7 +136,14 @@ class PairSampler:
         objs = self.objects
         src = torch.from_numpy(np.stack([objs[o].tokens[s] for o, s, _ in pairs]).astype(np.int64))
         tgt = torch.from_numpy(np.stack([objs[o].tokens[t] for o, _, t in pairs]).astype(np.int64))
-        rel = np.stack([cameras.relative_pose(objs[o].poses[s], objs[o].poses[t]) for o, s, t in pairs])
+        tgt_poses = [objs[o].poses[t] for o, _, t in pairs]
+        if self.zoom is not None:
+            moved = [self.zoom.target_pose(objs[o].poses[s], objs[o].poses[t]) for o, s, t in pairs]
+            tgt_poses = [w for w, _ in moved]
+            rows = [i for i, (_, k) in enumerate(moved) if abs(k - 1) > 1e-6]
+            if rows:
+                tgt[rows] = self.zoom.tokens([(objs[pairs[i][0]], pairs[i][2], *moved[i]) for i in rows])
+        rel = np.stack([cameras.relative_pose(objs[o].poses[s], w) for (o, s, _), w in zip(pairs, tgt_poses)])
         small = np.stack([objs[o].small[s] for o, s, _ in pairs])
         b = dict(src=src.to(device), tgt=tgt.to(device), rel_pose=torch.from_numpy(rel).to(device),
                  small=(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device))

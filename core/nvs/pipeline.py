@@ -22,7 +22,7 @@ from PIL import Image
 
 from core import cameras
 from core.checkpoint import CheckpointError
-from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image
+from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image, zoom_images
 from core.nvs.config import NVSConfig
 from core.nvs.model import KV, NVSTransformer
 from core.nvs.sampling import cat_kv, expand_kv, next_scale_sample
@@ -226,6 +226,7 @@ class NVSPipeline:
         tg = [check_camera(f"target_w2c[{i}]", t) for i, t in enumerate(targets)]
         if not tg:
             raise ValueError("no target cameras given")
+        tg, zoom = self._distance_zoom(s_w2c, tg, handle.fov_deg)
         rel = torch.from_numpy(np.stack([cameras.relative_pose(s_w2c, t) for t in tg])).to(self.device)
         N, m = len(tg), self.model
         with self._ac():
@@ -245,7 +246,20 @@ class NVSPipeline:
                         m.encode_prefix(m.null_prefix(1), m.null_condition(1))
                     kv = cat_kv(kv, expand_kv(ukv, N))
             return kv
-        return handle, cond, uncond, prefix_kv
+        return handle, cond, uncond, prefix_kv, zoom
+
+    def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, tuple | None]:
+        """With ``distance_zoom`` the model sees each target moved to the source's distance; the
+        returned (scales, centres) turn its image into the real camera's (None: nothing to do)."""
+        if not self.model.config.distance_zoom:
+            return tg, None
+        r_s = float(np.linalg.norm(cameras.camera_center(s_w2c)))
+        r_t = [float(np.linalg.norm(cameras.camera_center(t))) for t in tg]
+        moved = [cameras.at_distance(t, r_s).astype(np.float32) for t in tg]
+        scales = [r_s / r for r in r_t]
+        if all(abs(k - 1) < 1e-6 for k in scales):
+            return moved, None
+        return moved, (scales, [cameras.origin_ndc(t, fov_deg) for t in tg])
 
     # ------------------------------------------------------------------ sampling
     def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
@@ -254,7 +268,8 @@ class NVSPipeline:
                                                                top_p, temperature)
         # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
         # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
-        handle, cond, uncond, prefix_kv = self._prepare(src, source_w2c, targets, cfg, reuse_prefix and use_cache)
+        handle, cond, uncond, prefix_kv, zoom = self._prepare(src, source_w2c, targets, cfg,
+                                                              reuse_prefix and use_cache)
         src_idx = torch.cat(handle.indices, 1).expand(cond.shape[0], -1) if self.model.copy_gate is not None else None
         it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
                                top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel,
@@ -264,17 +279,23 @@ class NVSPipeline:
                 nxt = next(it, None)
             if nxt is None:
                 return
-            yield nxt[0], nxt[1]
+            yield nxt[0], nxt[1], zoom
+
+    @staticmethod
+    def _zoomed(x: torch.Tensor, zoom) -> torch.Tensor:
+        return x if zoom is None else zoom_images(x, zoom[0][:len(x)], zoom[1][:len(x)])
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor) -> list[Image.Image]:
-        return [tensor_to_image(x) for x in self.tok.decode_fhat(f_hat.float()).float()]
+    def decode(self, f_hat: torch.Tensor, zoom=None) -> list[Image.Image]:
+        """Final images; ``zoom`` is the distance scale ``_prepare`` returned (distance_zoom models)."""
+        return [tensor_to_image(x) for x in self._zoomed(self.tok.decode_fhat(f_hat.float()).float(), zoom)]
 
     @torch.no_grad()
-    def decode_preview(self, f_hat: torch.Tensor, pn: int) -> Image.Image:
+    def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom=None) -> Image.Image:
         """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``):
         the full grid, or with ``fast_previews`` coarse scales at a lower grid."""
-        return tensor_to_image(self.tok.decode_preview(f_hat, pn, fast=self.fast_previews)[0])
+        return tensor_to_image(self._zoomed(self.tok.decode_preview(f_hat, pn, fast=self.fast_previews)[:1].float(),
+                                            zoom)[0])
 
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
@@ -286,12 +307,13 @@ class NVSPipeline:
         keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
         sample_s = decode_s = 0.0
         t = time.perf_counter()
-        for si, f_hat in self._scales(src_or_image, source_w2c, [target_w2c], seed, cfg, top_k, top_p,
-                                      temperature, cancel):
+        for si, f_hat, zoom in self._scales(src_or_image, source_w2c, [target_w2c], seed, cfg, top_k, top_p,
+                                            temperature, cancel):
             sample_s += time.perf_counter() - t
             if si + 1 in keep:
                 t = time.perf_counter()
-                img = self.decode(f_hat)[0] if si + 1 == S else self.decode_preview(f_hat, self.model.config.patch_nums[si])
+                img = self.decode(f_hat, zoom)[0] if si + 1 == S else \
+                    self.decode_preview(f_hat, self.model.config.patch_nums[si], zoom)
                 decode_s += time.perf_counter() - t
                 yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
                             {"sample_s": sample_s, "decode_s": decode_s})
@@ -305,8 +327,8 @@ class NVSPipeline:
         """A batch of target cameras at once -> list of PIL images (same seed -> same images)."""
         if isinstance(target_w2cs, np.ndarray) and target_w2cs.ndim == 2:
             target_w2cs = [target_w2cs]
-        f_hat = None
-        for _, f_hat in self._scales(src_or_image, source_w2c, list(target_w2cs), seed, cfg, top_k, top_p,
-                                     temperature, None, use_cache, reuse_prefix):
+        f_hat = zoom = None
+        for _, f_hat, zoom in self._scales(src_or_image, source_w2c, list(target_w2cs), seed, cfg, top_k, top_p,
+                                           temperature, None, use_cache, reuse_prefix):
             pass
-        return self.decode(f_hat)
+        return self.decode(f_hat, zoom)

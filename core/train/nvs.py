@@ -7,7 +7,8 @@ zero-pose pairs (source == target) at ``--zero-pose-rate``, ``--targets-per-sour
 sharing one run of their source's prefix. ``--coarse-scales N --coarse-fraction F`` make a
 share F of the steps coarse steps: loss on the first N scales only (the layout a camera move
 changes, starved under a uniform loss; the forward stops there, so a bigger ``--coarse-batch``
-costs little). The corpus is tokenised once into ``--cache`` (re-done automatically for a
+costs little). ``--distance-zoom`` trains every target as seen from its source's distance
+(``NVSConfig.distance_zoom``). The corpus is tokenised once into ``--cache`` (re-done automatically for a
 different tokenizer). Periodic checkpoints (model + optimizer, all safetensors) go to
 ``OUT/ckpt-latest``; ``--resume`` continues from there. Logs train/val loss, token accuracy
 and PSNR of sampled val views.
@@ -28,8 +29,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from core.checkpoint import check_safetensors_file, config_from_dict, load_config, load_into, save_checkpoint
+from core.data.io import index_objects
 from core.nvs.config import NVSConfig
-from core.nvs.data import OnlineSampler, PairSampler, cache_dir, load_cached, split_scales, tokenise_objects
+from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, cache_dir, load_cached, split_scales,
+                           tokenise_objects)
 from core.nvs.model import NVSTransformer
 
 
@@ -158,6 +161,10 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--copy-gate", action=argparse.BooleanOptionalAction, default=True,
                     help="pointer-style copy of the source token at the same place (NVSConfig.copy_gate)")
+    ap.add_argument("--distance-zoom", action=argparse.BooleanOptionalAction, default=None,
+                    help="targets seen from the source's distance, distance applied as an image scale "
+                         "(NVSConfig.distance_zoom; reads target images from --data each step; default: off, "
+                         "or the resumed run's setting)")
     ap.add_argument("--embedder", choices=("cnn", "open_clip"), default="cnn",
                     help="open_clip: train on precomputed 768-d {i}e.npy embeddings")
     ap.add_argument("--embed-dim", type=int, default=None)
@@ -200,6 +207,8 @@ def main(argv=None) -> int:
             ap.error(f"--coarse-batch {a.coarse_batch} must be a positive multiple of --coarse-targets-per-source {k}")
         if k > 1 and a.prefix_cond == "full":
             ap.error("--prefix-cond full conditions the prefix on each target: use --coarse-targets-per-source 1")
+    if a.distance_zoom and a.online:
+        ap.error("--distance-zoom needs the token cache: drop --online")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
@@ -233,7 +242,15 @@ def main(argv=None) -> int:
                         cond_drop_rate=a.cond_drop,
                         prefix_cond=a.prefix_cond, vocab_size=tcfg.vocab_size, latent_dim=tcfg.latent_dim,
                         patch_nums=tcfg.patch_nums, resolution=tcfg.resolution, tokenizer_hash=th,
-                        embedder=a.embedder, embed_dim=emb_dim, cnn_resolution=small)
+                        embedder=a.embedder, embed_dim=emb_dim, cnn_resolution=small,
+                        distance_zoom=bool(a.distance_zoom))
+    if a.distance_zoom is not None and cfg.distance_zoom != a.distance_zoom:
+        print(f"error: {latest} was trained with distance_zoom={cfg.distance_zoom}", file=sys.stderr)
+        return 2
+    if cfg.distance_zoom and a.online:
+        print(f"error: {latest} was trained with distance_zoom, which needs the token cache: drop --online",
+              file=sys.stderr)
+        return 2
     if cfg.tokenizer_hash != th and a.follow_tokenizer:
         print(f"tokenizer changed since {latest} ({cfg.tokenizer_hash} -> {th}): following it", flush=True)
         cfg.tokenizer_hash = th
@@ -268,8 +285,13 @@ def main(argv=None) -> int:
         if not train_objs:
             print(f"error: no tokenised training objects in {dirs['train']}", file=sys.stderr)
             return 2
-        sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step)
-        val_sampler = PairSampler(val_objs or train_objs, a.zero_pose_rate, seed=1234)
+        zooms = {s: None for s in ("train", "val")}
+        if cfg.distance_zoom:
+            for s in zooms:
+                zooms[s] = DistanceZoom({o.folder.name: o.folder for o in index_objects(a.data, s)}, tok)
+        sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step, zoom=zooms["train"])
+        val_sampler = PairSampler(val_objs or train_objs, a.zero_pose_rate, seed=1234,
+                                  zoom=zooms["val"] if val_objs else zooms["train"])
         val_pairs = val_sampler.pairs(16)
     tok_stamp = _stamp(a.tokenizer)
     use_amp = a.amp == "bf16" or (a.amp == "auto" and device.type == "cuda")
