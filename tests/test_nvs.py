@@ -426,6 +426,8 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
               "per_object", "zero_pose_psnr"):
         assert k in res
     assert res["n_objects"] == 1 and res["n_views"] == 3
+    # every camera at the same distance: scaling the copy changes nothing
+    assert res["baseline_scaled_copy_psnr"] == res["baseline_copy_psnr"]
 
 
 def test_coarse_steps_train_the_first_scales(tmp_path, tok):
