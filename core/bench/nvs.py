@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     from core.nvs import NVSPipeline
     pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer)
     img, src_w2c = _source(a.data, pipe.resolution)
-    targets = cameras.orbit(8, 20, float(cameras.spherical_from_pose(src_w2c)[2]), 45.0)
+    # 10 % farther than the source: a distance_zoom model pays for scaling every frame
+    targets = cameras.orbit(8, 20, 1.1 * float(cameras.spherical_from_pose(src_w2c)[2]), 45.0)
     S, R = pipe.num_scales, a.repeats
     kw = dict(seed=0, cfg=3.0, top_k=900, top_p=0.95)
     res: dict = {"device": "cpu", "threads": a.threads, "resolution": pipe.resolution, "num_scales": S,
