@@ -50,6 +50,14 @@ def at_distance(w2c, radius: float) -> np.ndarray:
     return a
 
 
+def at_source_distance(source_w2c, target_w2c) -> tuple[np.ndarray, float]:
+    """``target_w2c`` slid to the source's distance, and the image scale r_source / r_target that
+    turns the view from there into the target's (``NVSConfig.distance_zoom``)."""
+    r_s = float(np.linalg.norm(camera_center(source_w2c)))
+    r_t = float(np.linalg.norm(camera_center(target_w2c)))
+    return at_distance(target_w2c, r_s), r_s / r_t
+
+
 def origin_ndc(w2c, fov_deg: float = DEFAULT_FOV_DEG) -> tuple[float, float]:
     """Where the world origin projects, in the [-1, 1] image coordinates of ``grid_sample``
     (x right, y down; (0, 0) = the image centre, which it is for every look-at camera).

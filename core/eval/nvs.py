@@ -24,8 +24,7 @@ from core.report import emit_json
 
 def scaled_copy(src, targets: list, fov_deg: float) -> list:
     """The source view as each target camera's distance would show it (no rotation)."""
-    r_s = float(np.linalg.norm(cameras.camera_center(src.w2c)))
-    scales = [r_s / float(np.linalg.norm(cameras.camera_center(t.w2c))) for t in targets]
+    scales = [cameras.at_source_distance(src.w2c, t.w2c)[1] for t in targets]
     x = image_to_tensor(src.image)[None].expand(len(targets), -1, -1, -1)
     z = zoom_images(x, scales, [cameras.origin_ndc(t.w2c, fov_deg) for t in targets])
     return [tensor_to_image(v) for v in z]

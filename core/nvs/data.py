@@ -87,10 +87,11 @@ class DistanceZoom:
     def __init__(self, folders: dict[str, Path], tok):
         self.folders, self.tok = folders, tok
 
-    def target_pose(self, src_w2c, tgt_w2c) -> tuple[np.ndarray, float]:
-        r_s = float(np.linalg.norm(cameras.camera_center(src_w2c)))
-        r_t = float(np.linalg.norm(cameras.camera_center(tgt_w2c)))
-        return cameras.at_distance(tgt_w2c, r_s), r_t / r_s
+    @staticmethod
+    def target_pose(src_w2c, tgt_w2c) -> tuple[np.ndarray, float]:
+        """The target camera at the source's distance, and the scale r_t / r_s for its image."""
+        w, k = cameras.at_source_distance(src_w2c, tgt_w2c)
+        return w, 1.0 / k
 
     @torch.no_grad()
     def tokens(self, items: list[tuple[TokenObject, int, np.ndarray, float]]) -> torch.Tensor:

@@ -253,10 +253,8 @@ class NVSPipeline:
         returned (scales, centres) turn its image into the real camera's (None: nothing to do)."""
         if not self.model.config.distance_zoom:
             return tg, None
-        r_s = float(np.linalg.norm(cameras.camera_center(s_w2c)))
-        r_t = [float(np.linalg.norm(cameras.camera_center(t))) for t in tg]
-        moved = [cameras.at_distance(t, r_s).astype(np.float32) for t in tg]
-        scales = [r_s / r for r in r_t]
+        moved, scales = zip(*(cameras.at_source_distance(s_w2c, t) for t in tg))
+        moved = [w.astype(np.float32) for w in moved]
         if all(abs(k - 1) < 1e-6 for k in scales):
             return moved, None
         return moved, (scales, [cameras.origin_ndc(t, fov_deg) for t in tg])
