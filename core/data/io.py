@@ -62,7 +62,7 @@ def zoom_images(x: torch.Tensor, scale, centre=None) -> torch.Tensor:
     c = torch.zeros(B, 2) if centre is None else torch.as_tensor(centre, dtype=torch.float32).reshape(B, 2)
     c = c.to(x.device)
     out = x.float().clone()
-    for group, ss in ((s < 1, 2), (s > 1, 1)):  # scale exactly 1 stays untouched
+    for group, ss in ((s < 1 - 1e-6, 2), (s > 1 + 1e-6, 1)):  # a scale of 1 (to float noise) stays untouched
         if not bool(group.any()):
             continue
         inv = 1.0 / s[group]

@@ -250,13 +250,11 @@ class NVSPipeline:
 
     def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, tuple | None]:
         """With ``distance_zoom`` the model sees each target moved to the source's distance; the
-        returned (scales, centres) turn its image into the real camera's (None: nothing to do)."""
+        returned (scales, centres) turn its image into the real camera's (None: not such a model)."""
         if not self.model.config.distance_zoom:
             return tg, None
         moved, scales = zip(*(cameras.at_source_distance(s_w2c, t) for t in tg))
         moved = [w.astype(np.float32) for w in moved]
-        if all(abs(k - 1) < 1e-6 for k in scales):
-            return moved, None
         return moved, (scales, [cameras.origin_ndc(t, fov_deg) for t in tg])
 
     # ------------------------------------------------------------------ sampling
