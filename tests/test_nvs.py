@@ -280,6 +280,18 @@ def test_sampler_draws_from_the_top_k_top_p_distribution(top_k, top_p, temp):
     assert (freq[want == 0] == 0).all()  # filtered tokens are never drawn
 
 
+def test_kv_cache_writes_in_place_truncates_and_refuses_overflow():
+    from core.nvs.model import KVCache
+    k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    c = KVCache(k, v, capacity=9)
+    k2, v2 = c.append(torch.ones(2, 4, 3, 8), torch.zeros(2, 4, 3, 8))
+    assert k2.shape[2] == 8 and torch.equal(k2[:, :, :5], k) and torch.equal(v2[:, :, 5:], torch.zeros(2, 4, 3, 8))
+    assert k2.data_ptr() == c.k.data_ptr()  # a view of the one buffer, not a copy
+    with pytest.raises(ValueError, match="KV cache full"):
+        c.append(torch.ones(2, 4, 2, 8), torch.ones(2, 4, 2, 8))
+    assert c.truncate().append(torch.ones(2, 4, 4, 8), torch.ones(2, 4, 4, 8))[0].shape[2] == 9
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_cameras_embeddings_and_pairs(pipe, tok):
     bad = SRC.copy()

@@ -50,15 +50,17 @@ def diffusion_peer(pipe, handle, target, steps: int) -> None:
     """``steps`` denoiser passes of the same transformer over the final G x G token grid at once
     (bidirectional, CFG-doubled batch, prefix cached), then one decode: the cost shape of a
     latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680)."""
+    from core.nvs.model import KVCache
     m = pipe.model
     _, cond, uncond, prefix_kv, _ = pipe._prepare(handle, None, [target], cfg=3.0)
     c = torch.cat((cond, uncond))
-    kv = prefix_kv()
     G = m.config.patch_nums[-1]
+    kv = KVCache.preallocate(prefix_kv(), G * G)  # the prefix written once, as the AR sampler does
     book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
     x = torch.randn(2, G * G, m.config.latent_dim)
+    mods = m.modulations(c)  # per view, as the AR sampler does
     for _ in range(steps):
-        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), c, kv)
+        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), mods, [b.truncate() for b in kv])
         logits = m.logits(h)
         x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
         x = torch.cat((x, x))

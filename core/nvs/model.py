@@ -29,6 +29,35 @@ IDENTITY_POSE = (0.0, 0.0, 1.0, 0.0)  # relative pose of a view to itself: [d_th
 KV = tuple[torch.Tensor, torch.Tensor]  # per block: keys, values [B, H, T, head_dim]
 
 
+class KVCache:
+    """One block's keys/values in a buffer allocated once for the whole sequence: each scale is
+    written in place after the prefix, where a ``torch.cat`` per scale re-copies the whole cache.
+    ``truncate`` drops what was appended after the prefix (a diffusion sampler re-runs the same
+    slots every step)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        B, H, T, D = k.shape
+        self.k, self.v = k.new_empty(B, H, capacity, D), v.new_empty(B, H, capacity, D)
+        self.k[:, :, :T], self.v[:, :, :T] = k, v
+        self.prefix_len = self.len = T
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> KV:
+        end = self.len + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache full: {self.len} + {k.shape[2]} tokens > capacity {self.k.shape[2]}")
+        self.k[:, :, self.len:end], self.v[:, :, self.len:end] = k, v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def truncate(self) -> "KVCache":
+        self.len = self.prefix_len
+        return self
+
+    @classmethod
+    def preallocate(cls, kvs: list[KV], extra: int) -> list["KVCache"]:
+        return [cls(k, v, k.shape[2] + extra) for k, v in kvs]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, l2_norm: bool):
         super().__init__()
@@ -42,23 +71,26 @@ class SelfAttention(nn.Module):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.l2_norm:
-            q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().to(q.dtype)
-            k = F.normalize(k, dim=-1)
-        return q, k, v
+        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if not self.l2_norm:
+            return qkv.unbind(0)
+        q, k = F.normalize(qkv[:2], dim=-1).unbind(0)  # q and k in one call: fewer ops per AR step
+        return q * self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().to(q.dtype), k, qkv[2]
 
     @property
     def scale(self) -> float:
         return 1.0 if self.l2_norm else 0.25 / math.sqrt(self.head_dim)
 
-    def forward(self, x, past: KV | None = None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x, past: KV | KVCache | None = None, mask: torch.Tensor | None = None):
         q, k, v = self.qkv(x)
-        if past is not None:
+        if isinstance(past, KVCache):
+            k, v = past.append(k, v)
+            kv = past
+        elif past is not None:
             k, v = torch.cat((past[0].to(k.dtype), k), dim=2), torch.cat((past[1].to(v.dtype), v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         B, H, T, D = out.shape
-        return self.proj(out.transpose(1, 2).reshape(B, T, H * D)), (k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D)), (kv if isinstance(past, KVCache) else (k, v))
 
 
 class FFN(nn.Module):
@@ -83,17 +115,21 @@ class AdaLNSelfAttn(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)  # gamma1, gamma2, scale1, scale2, shift1, shift2
+        """(gamma1, gamma2, 1 + scale1, 1 + scale2, shift1, shift2), each [B, 1, C]."""
+        g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+        return g1, g2, s1 + 1, s2 + 1, b1, b2
 
-    def forward(self, x, cond, past: KV | None = None, mask=None, kv_only: bool = False):
-        g1, g2, s1, s2, b1, b2 = self.modulation(cond)
-        h = self.ln_wo_grad(x) * (s1 + 1) + b1
+    def forward(self, x, cond, past: KV | KVCache | None = None, mask=None, kv_only: bool = False):
+        """``cond``: the condition [B, C], or this block's ``modulation`` of it (computed once
+        per view by the sampler: the condition is the same at every scale)."""
+        g1, g2, s1, s2, b1, b2 = cond if isinstance(cond, tuple) else self.modulation(cond)
+        h = self.ln_wo_grad(x) * s1 + b1
         if kv_only:  # the last block's prefix output is never read: only its keys/values are
             _, k, v = self.attn.qkv(h)
             return None, (k, v)
         a, kv = self.attn(h, past, mask)
         x = x + a * g1
-        x = x + self.ffn(self.ln_wo_grad(x) * (s2 + 1) + b2) * g2
+        x = x + self.ffn(self.ln_wo_grad(x) * s2 + b2) * g2
         return x, kv
 
 
@@ -223,11 +259,17 @@ class NVSTransformer(nn.Module):
             kvs.append(kv)
         return kvs
 
-    def run(self, x: torch.Tensor, cond: torch.Tensor, past: list[KV], mask=None) -> tuple[torch.Tensor, list[KV]]:
-        """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales])."""
+    def modulations(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Every block's AdaLN modulation of ``cond``: pass it to ``run`` for all steps of one view."""
+        return [b.modulation(cond) for b in self.blocks]
+
+    def run(self, x: torch.Tensor, cond: torch.Tensor | list[tuple], past: list[KV] | list[KVCache],
+            mask=None) -> tuple[torch.Tensor, list]:
+        """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales]).
+        ``cond``: the condition [B, C] or its precomputed ``modulations``."""
         new = []
-        for b, kv in zip(self.blocks, past):
-            x, kv = b(x, cond, kv, mask)
+        for i, (b, kv) in enumerate(zip(self.blocks, past)):
+            x, kv = b(x, cond[i] if isinstance(cond, list) else cond, kv, mask)
             new.append(kv)
         return x, new
 

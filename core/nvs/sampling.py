@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from core.nvs.model import KV, NVSTransformer
+from core.nvs.model import KV, KVCache, NVSTransformer
 
 
 def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0, top_p: float = 0.0,
@@ -69,17 +69,18 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
         src_idx = torch.cat((src_idx, src_idx))
         use_copy = torch.arange(2 * N, device=cond.device) < N
     x = model.start_tokens(c)
-    past = prefix_kv() if use_cache else None
+    mods = model.modulations(c)  # the condition is the same at every scale
+    past = KVCache.preallocate(prefix_kv(), model.config.num_tokens) if use_cache else None
     seen: list[torch.Tensor] = []
     f_hat = tok.empty_fhat(N).to(cond.device)
     for si, pn in enumerate(model.config.patch_nums):
         if cancel is not None and cancel():
             return
         if use_cache:
-            h, past = model.run(x, c, past)
+            h, past = model.run(x, mods, past)
         else:
             seen.append(x)
-            h, _ = model.run(torch.cat(seen, 1), c, prefix_kv(), model.target_mask(si + 1))
+            h, _ = model.run(torch.cat(seen, 1), mods, prefix_kv(), model.target_mask(si + 1))
             h = h[:, -pn * pn:]
         logits = model.logits(h, src_idx, model.begin_ends[si][0], use_copy)
         if guided:
