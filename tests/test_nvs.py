@@ -280,6 +280,25 @@ def test_sampler_draws_from_the_top_k_top_p_distribution(top_k, top_p, temp):
     assert (freq[want == 0] == 0).all()  # filtered tokens are never drawn
 
 
+def test_value_sort_sampler_draws_the_same_tokens_as_an_argsort():
+    """The sampler sorts values only and finds the drawn token by value: with untied logits it
+    picks exactly what the argsort-and-gather draw picks from the same uniforms."""
+    from core.nvs.sampling import sample_tokens
+    logits = torch.randn(3, 40, 64, generator=torch.Generator().manual_seed(5)) * 3
+    for top_k, top_p, temp in ((0, 0.0, 1.0), (20, 0.9, 1.0), (50, 0.5, 0.7)):
+        got = sample_tokens(logits, [torch.Generator().manual_seed(i) for i in range(3)], top_k, top_p, temp)
+        srt, idx = (logits / temp).sort(-1, descending=True)
+        if top_k:
+            srt, idx = srt[..., :top_k], idx[..., :top_k]
+        p = srt.softmax(-1)
+        if top_p:
+            p = p * ((p.cumsum(-1) - p) <= top_p)
+        cdf = p.cumsum(-1)
+        u = torch.stack([torch.rand(40, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+        j = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None].contiguous()).clamp_max(cdf.shape[-1] - 1)
+        assert torch.equal(got, idx.gather(-1, j)[..., 0])
+
+
 def test_kv_cache_writes_in_place_truncates_and_refuses_overflow():
     from core.nvs.model import KVCache
     k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)

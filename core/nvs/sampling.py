@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from core.nvs.model import KV, KVCache, NVSTransformer
+
+
+def sorted_descending(x: torch.Tensor) -> torch.Tensor:
+    """The values of ``x`` sorted descending along the last dim. On CPU, NumPy's SIMD value sort
+    is ~10x faster than ``torch.sort``, which always computes the indices as well (a sixth of a
+    CPU view went there); negation is exact, so the values are the same."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(-x.detach().numpy(), axis=-1)).neg_()
+    return x.sort(dim=-1, descending=True).values
 
 
 def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0, top_p: float = 0.0,
@@ -15,20 +25,22 @@ def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], top_k
     """logits [N, l, V] -> indices [N, l]; row i draws from ``generators[i]``; temperature 0 = argmax.
 
     Keeps the top_k most likely tokens, then the smallest prefix of them whose mass reaches
-    top_p (the top token always), and draws by inverse CDF in that sorted order: one sort, one
-    uniform per token, no multinomial and no scatter back (~20 % of a CPU view went there)."""
+    top_p (the top token always), and draws by inverse CDF in that sorted order: one sort of
+    values, one uniform per token, no multinomial. The drawn token is the first one whose
+    logit equals the drawn value (exact ties are equally likely tokens), so no argsort."""
     if temperature <= 0:
         return logits.argmax(-1)
-    srt, idx = (logits.float() / temperature).sort(dim=-1, descending=True)
+    z = logits.float() / temperature
+    srt = sorted_descending(z)
     if 0 < top_k < srt.shape[-1]:
-        srt, idx = srt[..., :top_k], idx[..., :top_k]
+        srt = srt[..., :top_k]
     p = srt.softmax(-1)
     if 0.0 < top_p < 1.0:
         p = p * ((p.cumsum(-1) - p) <= top_p)  # mass before a token <= top_p: the smallest prefix reaching it
     cdf = p.cumsum(-1)
     u = torch.stack([torch.rand(cdf.shape[1], generator=g, device=cdf.device) for g in generators])
     j = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None].contiguous()).clamp_max(cdf.shape[-1] - 1)
-    return idx.gather(-1, j)[..., 0]
+    return (z == srt.gather(-1, j)).to(torch.uint8).argmax(-1)
 
 
 def cfg_ramp(cfg: float, si: int, num_scales: int) -> float:
