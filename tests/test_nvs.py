@@ -583,12 +583,13 @@ def test_benchmark_cli_reports_every_ratio(pipe, tmp_path):
     from core.bench.tokenizer import main as bench_tok
     pipe.model.save_pretrained(tmp_path / "nvs")
     pipe.tok.save_pretrained(tmp_path / "tokenizer")
-    assert bench_nvs(["--checkpoint", str(tmp_path / "nvs"), "--repeats", "1", "--threads", "1", "--no-bf16",
-                      "--out", str(tmp_path / "nvs.json")]) == 0
+    assert bench_nvs(["--checkpoint", str(tmp_path / "nvs"), "--repeats", "1", "--threads", "1",
+                      "--diffusion-repeats", "1", "--out", str(tmp_path / "nvs.json")]) == 0
     res = json.loads((tmp_path / "nvs.json").read_text())
     for key in ("first_preview_s", "full_view_s", "per_scale_s"):
         assert key in res["stream_all_previews"]
-    for key in ("kv_cache_speedup", "prefix_reuse_speedup", "ar_vs_diffusion_25_speedup", "ar_vs_diffusion_50_speedup"):
+    for key in ("kv_cache_speedup", "prefix_reuse_speedup", "ar_vs_diffusion_25_speedup", "ar_vs_diffusion_50_speedup",
+                "bf16_vs_fp32_speedup", "ar_vs_diffusion_50_bf16_autocast_speedup"):
         assert math.isfinite(res[key]) and res[key] > 0
     assert len(res["stream_all_previews"]["per_scale_s"]) == pipe.num_scales
     assert bench_tok(["--checkpoint", str(tmp_path / "tokenizer"), "--repeats", "1", "--threads", "1"]) == 0

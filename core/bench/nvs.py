@@ -6,7 +6,7 @@ AR sampling with vs without the KV cache; 8 target cameras with the source prefi
 encoded once and reused vs re-encoded per camera (and one batch of 8); the same
 transformer run as a 25- and 50-step diffusion denoiser over the same token grid (the
 peer ArchonView compares against; weights do not matter for timing); fp32 vs bf16
-autocast. Ratios > 1 mean the first-named path is faster. The AR-vs-diffusion ratios are
+autocast, and the 50-step ratio again with both sides under bf16. Ratios > 1 mean the first-named path is faster. The AR-vs-diffusion ratios are
 medians over --diffusion-repeats back-to-back pairs (AR view incl. decode, then the peer).
 """
 from __future__ import annotations
@@ -58,12 +58,13 @@ def diffusion_peer(pipe, handle, target, steps: int) -> None:
     kv = KVCache.preallocate(prefix_kv(), G * G)  # the prefix written once, as the AR sampler does
     book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
     x = torch.randn(2, G * G, m.config.latent_dim)
-    mods = m.modulations(c)  # per view, as the AR sampler does
-    for _ in range(steps):
-        h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), mods, [b.truncate() for b in kv])
-        logits = m.logits(h)
-        x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
-        x = torch.cat((x, x))
+    with pipe._ac():  # the pipeline's precision, as its AR sampler runs
+        mods = m.modulations(c)  # per view, as the AR sampler does
+        for _ in range(steps):
+            h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), mods, [b.truncate() for b in kv])
+            logits = m.logits(h)
+            x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
+            x = torch.cat((x, x))
     pipe.tok.decode_fhat(x[:1].transpose(1, 2).reshape(1, -1, G, G))
 
 
@@ -133,25 +134,28 @@ def main(argv=None) -> int:
     res["prefix_reuse_speedup"] = res["8_cameras_prefix_reencoded_s"] / res["8_cameras_prefix_reused_s"]
     res["8_cameras_one_batch_s"] = _median(lambda: pipe.generate(handle, None, targets, **kw), max(1, R // 2))
 
-    def ar_view():
-        ar()
-        pipe.decode(pipe.tok.empty_fhat(1))
-    for steps in (25, 50):
-        # AR view and diffusion peer timed back to back in each pair, so a drift of the (shared,
-        # virtual) CPU between benchmark phases does not move the ratio; median over the pairs
-        diffusion_peer(pipe, handle, targets[0], steps)  # warm-up
-        pairs = [(_once(ar_view), _once(lambda: diffusion_peer(pipe, handle, targets[0], steps)))
+    def ratio_pairs(h, steps: int, suffix: str = "") -> None:
+        """AR view (sampling + one decode) and diffusion peer timed back to back in each pair, so a
+        drift of the (shared, virtual) CPU between benchmark phases does not move the ratio."""
+        def ar_view():
+            for _ in pipe._scales(h, None, [targets[0]], kw["seed"], kw["cfg"], kw["top_k"], kw["top_p"], 1.0, None):
+                pass
+            pipe.decode(pipe.tok.empty_fhat(1))
+        diffusion_peer(pipe, h, targets[0], steps)  # warm-up
+        pairs = [(_once(ar_view), _once(lambda: diffusion_peer(pipe, h, targets[0], steps)))
                  for _ in range(a.diffusion_repeats)]
-        res[f"diffusion_{steps}_steps_s"] = statistics.median(d for _, d in pairs)
-        res[f"ar_vs_diffusion_{steps}_speedup"] = statistics.median(d / v for v, d in pairs)
-    if not a.no_bf16:
-        pipe.autocast = True
-        pipe._uncond_kv = None
+        res[f"diffusion_{steps}_steps{suffix}_s"] = statistics.median(d for _, d in pairs)
+        res[f"ar_vs_diffusion_{steps}{suffix}_speedup"] = statistics.median(d / v for v, d in pairs)
+    for steps in (25, 50):
+        ratio_pairs(handle, steps)
+    if not a.no_bf16:  # the same under bf16 autocast (CUDA's default; AVX-512 bf16 / AMX CPUs gain too)
+        pipe.autocast, pipe._uncond_kv = True, None
         h16 = pipe.encode_source(img, src_w2c)
         res["ar_sampling_bf16_autocast_s"] = _median(
             lambda: [None for _ in pipe._scales(h16, None, [targets[0]], 0, 3.0, 900, 0.95, 1.0, None)], R)
         res["bf16_vs_fp32_speedup"] = res["ar_sampling_kv_cache_s"] / res["ar_sampling_bf16_autocast_s"]
-        pipe.autocast = False
+        ratio_pairs(h16, 50, "_bf16_autocast")
+        pipe.autocast, pipe._uncond_kv = False, None
     res["targets"] = {"first_preview_le_0.1s": first <= 0.1, "full_view_le_1s": full <= 1.0,
                       "kv_cache_ge_3x": res["kv_cache_speedup"] >= 3, "ar_vs_diffusion50_ge_8x":
                       res["ar_vs_diffusion_50_speedup"] >= 8}
