@@ -13,8 +13,8 @@ from core.nvs.model import KV, KVCache, NVSTransformer
 
 def sorted_descending(x: torch.Tensor) -> torch.Tensor:
     """The values of ``x`` sorted descending along the last dim. On CPU, NumPy's SIMD value sort
-    is ~10x faster than ``torch.sort``, which always computes the indices as well (a sixth of a
-    CPU view went there); negation is exact, so the values are the same."""
+    is ~10x faster than ``torch.sort`` (2-core AVX-512 Xeon, [256, 1024]), which always computes
+    the indices as well (a sixth of a CPU view went there); negation is exact."""
     if x.device.type == "cpu":
         return torch.from_numpy(np.sort(-x.detach().numpy(), axis=-1)).neg_()
     return x.sort(dim=-1, descending=True).values
