@@ -81,16 +81,16 @@ class SelfAttention(nn.Module):
     def scale(self) -> float:
         return 1.0 if self.l2_norm else 0.25 / math.sqrt(self.head_dim)
 
-    def forward(self, x, past: KV | KVCache | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x, past: KV | KVCache | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, KV | KVCache]:
         q, k, v = self.qkv(x)
         if isinstance(past, KVCache):
             k, v = past.append(k, v)
-            kv = past
         elif past is not None:
             k, v = torch.cat((past[0].to(k.dtype), k), dim=2), torch.cat((past[1].to(v.dtype), v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         B, H, T, D = out.shape
-        return self.proj(out.transpose(1, 2).reshape(B, T, H * D)), (kv if isinstance(past, KVCache) else (k, v))
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * D)), (past if isinstance(past, KVCache) else (k, v))
 
 
 class FFN(nn.Module):
