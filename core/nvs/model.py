@@ -119,10 +119,10 @@ class AdaLNSelfAttn(nn.Module):
         g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
         return g1, g2, s1 + 1, s2 + 1, b1, b2
 
-    def forward(self, x, cond, past: KV | KVCache | None = None, mask=None, kv_only: bool = False):
-        """``cond``: the condition [B, C], or this block's ``modulation`` of it (computed once
-        per view by the sampler: the condition is the same at every scale)."""
-        g1, g2, s1, s2, b1, b2 = cond if isinstance(cond, tuple) else self.modulation(cond)
+    def forward(self, x, mod: tuple[torch.Tensor, ...], past: KV | KVCache | None = None, mask=None,
+                kv_only: bool = False):
+        """``mod``: this block's ``modulation`` of the condition (a sampler computes it once per view)."""
+        g1, g2, s1, s2, b1, b2 = mod
         h = self.ln_wo_grad(x) * s1 + b1
         if kv_only:  # the last block's prefix output is never read: only its keys/values are
             _, k, v = self.attn.qkv(h)
@@ -255,7 +255,7 @@ class NVSTransformer(nn.Module):
         """Keys/values of the prefix in every block (it attends only to itself)."""
         kvs, x = [], prefix
         for i, b in enumerate(self.blocks):
-            x, kv = b(x, cond_p, kv_only=i == len(self.blocks) - 1)
+            x, kv = b(x, b.modulation(cond_p), kv_only=i == len(self.blocks) - 1)
             kvs.append(kv)
         return kvs
 
@@ -267,9 +267,10 @@ class NVSTransformer(nn.Module):
             mask=None) -> tuple[torch.Tensor, list]:
         """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales]).
         ``cond``: the condition [B, C] or its precomputed ``modulations``."""
+        mods = cond if isinstance(cond, list) else self.modulations(cond)
         new = []
-        for i, (b, kv) in enumerate(zip(self.blocks, past)):
-            x, kv = b(x, cond[i] if isinstance(cond, list) else cond, kv, mask)
+        for b, mod, kv in zip(self.blocks, mods, past):
+            x, kv = b(x, mod, kv, mask)
             new.append(kv)
         return x, new
 
