@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,42 @@ ON_SPACE = bool(os.environ.get("SPACE_ID"))
 MAX_UPLOAD = "20mb"
 
 
+class AddressUnavailable(RuntimeError):
+    """The public host:port cannot be bound: said before any model loads, in the app's own terms."""
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {port}")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise AddressUnavailable when ``host:port`` cannot be bound (as Gradio binds it: SO_REUSEADDR, so a
+    socket left in TIME_WAIT by an app that just quit does not count as busy)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise AddressUnavailable(f"cannot bind {host}:{port}: unknown host ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise AddressUnavailable(port_message(host, port, e.strerror or str(e))) from None
+
+
+def port_message(host: str, port: int, reason: str) -> str:
+    other = port + 1 if port < 65535 else port - 1
+    return (f"port {port} on {host} is not available ({reason}): another Vantage or another program is "
+            f"using it. Stop that program, or start this one on another port, e.g. --port {other}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python app.py",
@@ -29,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="interface to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the app "
                         "to your network: a warning is shown)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    p.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
                    help="public port for the page and the proxied 3D view (default 7860)")
     p.add_argument("--device", default="auto", help="torch device for the models: auto (CUDA if present, "
                    "else CPU), cpu, cuda, cuda:1, ...")
@@ -83,12 +120,14 @@ class Running:
 
 def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", checkpoints: str | None = None,
            share: bool = False, backend=None, max_queue: int = 32, quiet: bool = False) -> Running:
-    """Start everything without blocking; tests and the benchmark call this in-process."""
+    """Start everything without blocking; tests and the benchmark call this in-process.
+    Raises AddressUnavailable, before loading anything, when ``port`` is taken."""
     from viewer.backend import Backend
     from viewer.proxy import mount_viser_proxy
     from viewer.ui import ASSETS, build_demo
     from viewer.viser_scene import ViserScene
 
+    check_port_free(host, port)
     warning = exposure_warning(host, share)
     if warning:  # printed, not logged: it must show even when logging is not configured
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
@@ -96,9 +135,13 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
     scene = ViserScene(backend, host="127.0.0.1", port=0)
     demo = build_demo(backend, exposed_warning=warning)
     demo.queue(default_concurrency_limit=1, max_size=max_queue)
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False,
-                max_file_size=MAX_UPLOAD, allowed_paths=[str(backend.sessions.root), str(ASSETS)],
-                show_error=True, quiet=quiet, inbrowser=False)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False,
+                    max_file_size=MAX_UPLOAD, allowed_paths=[str(backend.sessions.root), str(ASSETS)],
+                    show_error=True, quiet=quiet, inbrowser=False)
+    except OSError:  # taken between the check above and the bind (Gradio words it for its own API)
+        scene.stop()
+        raise AddressUnavailable(port_message(host, port, "taken while the app was starting")) from None
     mount_viser_proxy(demo.app, scene.port)
     return Running(demo, scene, backend, demo.local_url)
 
@@ -106,8 +149,12 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run = launch(args.host, args.port, resolve_device(args.device), args.checkpoints, args.share,
-                 max_queue=args.max_queue)
+    try:
+        run = launch(args.host, args.port, resolve_device(args.device), args.checkpoints, args.share,
+                     max_queue=args.max_queue)
+    except AddressUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"Vantage running at {run.url} (3D view proxied at {run.url.rstrip('/')}/viser/)")
     try:
         run.demo.block_thread()

@@ -244,3 +244,27 @@ def test_cli_flags_and_exposure_warning(capsys):
     assert app.exposure_warning("127.0.0.1", False) is None and app.exposure_warning("localhost", False) is None
     assert "0.0.0.0" in app.exposure_warning("0.0.0.0", False)
     assert "public link" in app.exposure_warning("127.0.0.1", True)
+
+
+def test_busy_port_is_refused_in_the_apps_words_before_any_model_loads(monkeypatch, capsys):
+    import socket
+
+    import app
+    from viewer.backend import Backend
+
+    def must_not_load(*a, **k):
+        raise AssertionError("models loaded although the port is taken")
+
+    monkeypatch.setattr(Backend, "load", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main(["--port", str(port), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"port {port} on 127.0.0.1 is not available" in err and "--port" in err
+        assert "Traceback" not in err and "GRADIO_SERVER_PORT" not in err
+    for bad in ("0", "65536", "http"):
+        with pytest.raises(SystemExit):
+            app.parse_args(["--port", bad])
+    assert "--port" in capsys.readouterr().err
