@@ -119,6 +119,10 @@ def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def config_from_dict(cls, data: dict[str, Any], source: str = "config"):
     """Build a config dataclass, naming unknown or ill-typed fields instead of a TypeError."""
+    expected, got = getattr(cls, "model_type", None), data.get("model_type")
+    if expected and got and got != expected:  # e.g. the tokenizer's folder given as the NVS checkpoint
+        raise CheckpointError(f"{source}: a {got!r} checkpoint, not the {expected!r} one {cls.__name__} needs "
+                              "(wrong folder?)")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names - {"model_type", "format_version"})
     if unknown:

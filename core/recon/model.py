@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from core import cameras
 
 @dataclass
 class ReconConfig:
+    model_type: ClassVar[str] = "recon"  # written into config.json by ReconPipeline.save
     image_size: int = 64            # input views are resized to this (also the training render size)
     patch_size: int = 8
     enc_dim: int = 128
