@@ -98,6 +98,32 @@ def test_config_mismatch_names_the_tensor(ckpts):
         ReconPipeline.from_pretrained(ckpts / "recon")
 
 
+@pytest.mark.parametrize("name", ["tokenizer", "nvs", "recon"])
+def test_another_models_checkpoint_is_named_as_such(ckpts, name):
+    other = {"tokenizer": "recon", "nvs": "tokenizer", "recon": "nvs"}[name]
+    with pytest.raises(CheckpointError, match=r"a '\w+' checkpoint, not the '\w+' one .*wrong folder"):
+        loaders()[name](ckpts / other)
+
+
+def test_cli_input_errors_are_one_line_and_bugs_keep_their_traceback(ckpts, tmp_path, capsys, monkeypatch):
+    from core import cli
+    from core.data.io import DataError
+    assert cli.dispatch("bench", ["recon", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert cli.dispatch("eval", ["nvs", "--data", str(tmp_path / "missing"), "--checkpoint", str(ckpts / "nvs"),
+                                 "--out", str(tmp_path / "x.json")]) == 2
+    assert cli.dispatch("eval", ["recon", "--data", str(tmp_path), "--checkpoint", str(ckpts / "tokenizer"),
+                                 "--out", str(tmp_path / "x.json")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["error"] * 3 and "checkpoint folder not found" in lines[0]
+    assert "wrong folder" in lines[2] and not (tmp_path / "x.json").exists()
+    assert cli.is_input_error(DataError("x")) and cli.is_input_error(FileNotFoundError("x"))
+    assert not cli.is_input_error(ValueError("a bug")) and not cli.is_input_error(KeyError("a bug"))
+    import core.bench.recon
+    monkeypatch.setattr(core.bench.recon, "main", lambda argv: int("not a number"))
+    with pytest.raises(ValueError, match="invalid literal"):
+        cli.dispatch("bench", ["recon"])
+
+
 def test_importers_and_open_clip_never_unpickle(tmp_path):
     from core.nvs.embedders import OpenCLIPEmbedder
     from core.nvs.importer import read_archonview

@@ -1,0 +1,35 @@
+"""`python -m core.{train,eval,bench} NAME [args]`: one dispatcher for the three command groups.
+
+A command's bad input (a missing folder, a wrong or broken checkpoint, a bad camera) is one
+``error: ...`` line and exit code 2, whichever command met it; a bug keeps its traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+NAMES = ("data", "tokenizer", "nvs", "recon", "app")
+
+
+def is_input_error(e: BaseException) -> bool:
+    """The project's own input errors (CheckpointError, DataError, CameraError, ... all ValueError
+    subclasses defined under core/ or viewer/) and missing files; not a ValueError from a bug."""
+    if isinstance(e, FileNotFoundError):
+        return True
+    return isinstance(e, ValueError) and type(e).__module__.split(".")[0] in ("core", "viewer")
+
+
+def dispatch(group: str, argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    modules = {n: f"core.{group}.{n}" for n in NAMES if importlib.util.find_spec(f"core.{group}.{n}") is not None}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in modules:
+        print(f"usage: python -m core.{group} {{{','.join(modules)}}} [options]  (each has --help)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return importlib.import_module(modules[argv[0]]).main(argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        if not is_input_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
