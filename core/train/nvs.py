@@ -209,6 +209,8 @@ def main(argv=None) -> int:
             ap.error("--prefix-cond full conditions the prefix on each target: use --coarse-targets-per-source 1")
     if a.distance_zoom and a.online:
         ap.error("--distance-zoom needs the token cache: drop --online")
+    if not a.no_tokenise and not Path(a.data).is_dir():  # before the tokenizer loads and an empty cache is made
+        ap.error(f"--data {a.data}: not a directory")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
