@@ -1,0 +1,148 @@
+"""One photo in, files out: the app's two actions from the command line.
+
+  python -m core.photo views PHOTO --out DIR [--azimuth 60 120 ...] [--elevation E] [--distance R] [--previews]
+  python -m core.photo lift PHOTO --out object.glb [--with-views N] [--mesh-resolution 128]
+
+The photo goes through the app's preprocessing (alpha or a plain background cut out, the object
+centred on white) and is taken to be seen from azimuth 0 at ``--input-elevation`` and
+``--input-distance``, as in the app. ``views`` writes one PNG per camera (``--previews``: also each
+coarse-to-fine frame the app streams); ``lift`` writes a mesh (.glb, .ply or .obj by suffix),
+optionally reconstructed from the photo plus N generated views around it (the app's *use
+generated views*). Both print a JSON summary; bad input is one ``error:`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from core import cameras
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+class PhotoArgumentError(ValueError):
+    """A value that only makes sense once the checkpoint is known (e.g. more views than it takes)."""
+
+
+def load_photo(path: str, remove_background: bool, foreground_ratio: float):
+    from core.preprocess import load_input_image, preprocess
+    return preprocess(load_input_image(path), remove_background=remove_background,
+                      foreground_ratio=foreground_ratio, size=256)
+
+
+def load_nvs(checkpoints: Path, device: str):
+    from core.nvs import NVSPipeline
+    return NVSPipeline.from_pretrained(checkpoints / "nvs", device=device)
+
+
+def cmd_views(a) -> dict:
+    out = Path(a.out)
+    photo = load_photo(a.photo, not a.keep_background, a.foreground_ratio)
+    pipe = load_nvs(Path(a.checkpoints), a.device)
+    src_w2c = cameras.pose_from_spherical(0.0, a.input_elevation, a.input_distance)
+    el = a.input_elevation if a.elevation is None else a.elevation
+    r = a.input_distance if a.distance is None else a.distance
+    targets = [(az, cameras.pose_from_spherical(az, el, r)) for az in a.azimuth]
+    knobs = dict(seed=a.seed, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p)
+    t0 = time.perf_counter()
+    src = pipe.encode_source(photo.image, src_w2c)   # encoded once, reused for every camera
+    results = [("input.png", photo.image)]           # written once every view is made: a bad camera writes nothing
+    if a.previews:
+        from tqdm import tqdm
+        for az, w2c in tqdm(targets, desc="views", disable=a.quiet):
+            name = f"view_az{az:g}_el{el:g}_r{r:g}"
+            results += [(f"{name}.png" if f.is_final else f"{name}_scale{f.scale:02d}.png", f.image)
+                        for f in pipe.stream(src, None, w2c, **knobs)]
+    else:
+        images = pipe.generate(src, None, [w for _, w in targets], **knobs)
+        results += [(f"view_az{az:g}_el{el:g}_r{r:g}.png", im) for (az, _), im in zip(targets, images)]
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, im in results:
+        im.save(out / name)
+    return {"out": str(out), "files": [n for n, _ in results], "n_views": len(targets),
+            "seconds": round(seconds, 3), "input_note": photo.note, **knobs}
+
+
+def cmd_lift(a) -> dict:
+    from core.mesh import export_mesh
+    from core.recon import ReconPipeline
+    out = Path(a.out)
+    if out.suffix.lower() not in (".glb", ".ply", ".obj"):
+        raise PhotoArgumentError(f"--out {out}: use a .glb, .ply or .obj file name")
+    photo = load_photo(a.photo, not a.keep_background, a.foreground_ratio)
+    recon = ReconPipeline.from_pretrained(Path(a.checkpoints) / "recon", device=a.device)
+    if not 0 <= a.with_views < recon.config.max_views:
+        raise PhotoArgumentError(f"--with-views must be in 0..{recon.config.max_views - 1}, got {a.with_views}")
+    if not 32 <= a.mesh_resolution <= 512:
+        raise PhotoArgumentError(f"--mesh-resolution must be in 32..512, got {a.mesh_resolution}")
+    src_w2c = cameras.pose_from_spherical(0.0, a.input_elevation, a.input_distance)
+    t0 = time.perf_counter()
+    images, cams = [photo.image], [src_w2c]
+    if a.with_views:
+        nvs = load_nvs(Path(a.checkpoints), a.device)
+        around = cameras.orbit(a.with_views + 1, a.input_elevation, a.input_distance)[1:]  # all but the photo's
+        images += nvs.generate(nvs.encode_source(photo.image, src_w2c), None, around, seed=a.seed)
+        cams += around
+    t_views = time.perf_counter() - t0
+    scene = recon.reconstruct(images, cams)
+    mesh = scene.extract_mesh(resolution=a.mesh_resolution)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_mesh(mesh, out)
+    return {"out": str(out), "input_views": len(images), "vertices": len(mesh.vertices), "faces": len(mesh.faces),
+            "generate_s": round(t_views, 3), "seconds": round(time.perf_counter() - t0, 3), "input_note": photo.note}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m core.photo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("photo", help="image file (PNG/JPEG/WebP...; RGBA uses its alpha)")
+    common.add_argument("--checkpoints", default=str(CHECKPOINTS), metavar="DIR",
+                        help="folder with nvs/, tokenizer/, recon/ (default: the shipped ones)")
+    common.add_argument("--input-elevation", type=float, default=20.0,
+                        help="how far above the object the photo was taken, degrees (default 20, as in the app)")
+    common.add_argument("--input-distance", type=float, default=2.0, help="camera distance of the photo (default 2)")
+    common.add_argument("--keep-background", action="store_true", help="do not cut out a plain background")
+    common.add_argument("--foreground-ratio", type=float, default=0.85, help="object size over image size")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    v = sub.add_parser("views", parents=[common], help="novel views of the photo's object")
+    v.add_argument("--out", required=True, metavar="DIR", help="folder for input.png and one PNG per view")
+    v.add_argument("--azimuth", type=float, nargs="+", default=[60.0, 120.0, 180.0, 240.0, 300.0],
+                   help="target azimuths, degrees, counter-clockwise from the photo's side (default 60 ... 300)")
+    v.add_argument("--elevation", type=float, default=None, help="target elevation (default: the input's)")
+    v.add_argument("--distance", type=float, default=None, help="target distance (default: the input's)")
+    v.add_argument("--previews", action="store_true", help="also write every coarse-to-fine preview frame")
+    v.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance (ArchonView's default 3)")
+    v.add_argument("--top-k", type=int, default=900)
+    v.add_argument("--top-p", type=float, default=0.95)
+    lift = sub.add_parser("lift", parents=[common], help="a 3D mesh of the photo's object")
+    lift.add_argument("--out", required=True, metavar="FILE", help="mesh file: .glb (+Y up), .ply or .obj (+Z up)")
+    lift.add_argument("--with-views", type=int, default=0, metavar="N",
+                      help="also reconstruct from N views generated around the object (default 0: the photo alone)")
+    lift.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid (default 128)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from core.cli import is_input_error
+    from core.report import emit_json
+    try:
+        res = cmd_views(a) if a.command == "views" else cmd_lift(a)
+    except (ValueError, FileNotFoundError) as e:
+        if not (is_input_error(e) or isinstance(e, PhotoArgumentError)):  # its module is __main__ under -m
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    emit_json({"command": a.command, **res})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""`python -m core.photo`: the app's two actions from the command line, on the shipped checkpoints."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from core import photo
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = str(ROOT / "assets" / "render_car.png")
+
+
+def run(capsys, *argv):
+    rc = photo.main(list(argv))
+    out = capsys.readouterr()
+    return rc, (json.loads(out.out) if rc == 0 else None), out.err
+
+
+def test_views_write_every_frame_and_repeat_with_the_seed(tmp_path, capsys):
+    rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "a"), "--azimuth", "90", "--previews", "--quiet")
+    assert rc == 0 and res["n_views"] == 1
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(res["files"]) and len(files) == 1 + 10            # input + 9 previews + final
+    final = np.asarray(Image.open(tmp_path / "a" / "view_az90_el20_r2.png"))
+    assert final.shape == (128, 128, 3) and final.std() > 5
+    rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "b"), "--azimuth", "90", "200", "--seed", "0")
+    assert rc == 0 and res["files"] == ["input.png", "view_az90_el20_r2.png", "view_az200_el20_r2.png"]
+    run(capsys, "views", PHOTO, "--out", str(tmp_path / "c"), "--azimuth", "90", "--previews", "--quiet")
+    again = np.asarray(Image.open(tmp_path / "c" / "view_az90_el20_r2.png"))
+    assert np.array_equal(final, again)                                     # same seed, same view
+    run(capsys, "views", PHOTO, "--out", str(tmp_path / "d"), "--azimuth", "90", "--seed", "1")
+    assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / "view_az90_el20_r2.png")))
+
+
+def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys):
+    rc, res, _ = run(capsys, "lift", PHOTO, "--out", str(tmp_path / "car.glb"), "--with-views", "2",
+                     "--mesh-resolution", "48")
+    assert rc == 0 and res["input_views"] == 3
+    mesh = trimesh.load(tmp_path / "car.glb", force="mesh")
+    assert len(mesh.vertices) == res["vertices"] > 100
+    ext = mesh.bounds[1] - mesh.bounds[0]
+    assert 0.2 < ext.max() < 1.5                                            # an object of extent ~1, not a box
+
+
+@pytest.mark.parametrize("argv, out_name, says", [
+    (["views", PHOTO, "--distance", "50"], "views", "outside [0.9, 10.0]"),
+    (["views", str(ROOT / "README.md")], "views", "not an image"),
+    (["views", str(ROOT / "no-such-photo.png")], "views", "no such file"),
+    (["views", PHOTO, "--input-elevation", "nan"], "views", "finite"),
+    (["lift", PHOTO, "--with-views", "9"], "x.glb", "--with-views"),
+    (["lift", PHOTO], "x.stl", "use a .glb"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, out_name, says):
+    rc, _, err = run(capsys, *argv, "--out", str(tmp_path / "out" / out_name))
+    assert rc == 2 and err.startswith("error: ") and says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
