@@ -5,7 +5,7 @@
 
 The photo goes through the app's preprocessing (alpha or a plain background cut out, the object
 centred on white) and is taken to be seen from azimuth 0 at ``--input-elevation`` and
-``--input-distance``, as in the app. ``views`` writes one PNG per camera (``--previews``: also each
+``--input-distance`` (default: what the app assumes). ``views`` writes one PNG per camera (``--previews``: also each
 coarse-to-fine frame the app streams); ``lift`` writes a mesh (.glb, .ply or .obj by suffix),
 optionally reconstructed from the photo plus N generated views around it (the app's *use
 generated views*). Both print a JSON summary; bad input is one ``error:`` line and exit code 2.
@@ -32,6 +32,19 @@ def load_photo(path: str, remove_background: bool, foreground_ratio: float):
                       foreground_ratio=foreground_ratio, size=256)
 
 
+def input_camera(a) -> tuple[float, float]:
+    """The photo's (elevation, distance): the flags, else what the app assumes: the reconstruction
+    checkpoint's training defaults when it has them (17.6 deg, 2 for the shipped one), else 20 deg, 2."""
+    from core.checkpoint import CheckpointError, load_config
+    try:
+        cfg = load_config(Path(a.checkpoints) / "recon")
+    except CheckpointError:
+        cfg = {}
+    el = a.input_elevation if a.input_elevation is not None else float(cfg.get("default_elevation_deg", 20.0))
+    r = a.input_distance if a.input_distance is not None else float(cfg.get("default_radius", 2.0))
+    return el, r
+
+
 def load_nvs(checkpoints: Path, device: str):
     from core.nvs import NVSPipeline
     return NVSPipeline.from_pretrained(checkpoints / "nvs", device=device)
@@ -41,9 +54,10 @@ def cmd_views(a) -> dict:
     out = Path(a.out)
     photo = load_photo(a.photo, not a.keep_background, a.foreground_ratio)
     pipe = load_nvs(Path(a.checkpoints), a.device)
-    src_w2c = cameras.pose_from_spherical(0.0, a.input_elevation, a.input_distance)
-    el = a.input_elevation if a.elevation is None else a.elevation
-    r = a.input_distance if a.distance is None else a.distance
+    in_el, in_r = input_camera(a)
+    src_w2c = cameras.pose_from_spherical(0.0, in_el, in_r)
+    el = in_el if a.elevation is None else a.elevation
+    r = in_r if a.distance is None else a.distance
     targets = [(az, cameras.pose_from_spherical(az, el, r)) for az in a.azimuth]
     knobs = dict(seed=a.seed, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p)
     t0 = time.perf_counter()
@@ -62,7 +76,7 @@ def cmd_views(a) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, im in results:
         im.save(out / name)
-    return {"out": str(out), "files": [n for n, _ in results], "n_views": len(targets),
+    return {"out": str(out), "files": [n for n, _ in results], "n_views": len(targets), "input_elevation": in_el,
             "seconds": round(seconds, 3), "input_note": photo.note, **knobs}
 
 
@@ -78,12 +92,13 @@ def cmd_lift(a) -> dict:
         raise PhotoArgumentError(f"--with-views must be in 0..{recon.config.max_views - 1}, got {a.with_views}")
     if not 32 <= a.mesh_resolution <= 512:
         raise PhotoArgumentError(f"--mesh-resolution must be in 32..512, got {a.mesh_resolution}")
-    src_w2c = cameras.pose_from_spherical(0.0, a.input_elevation, a.input_distance)
+    in_el, in_r = input_camera(a)
+    src_w2c = cameras.pose_from_spherical(0.0, in_el, in_r)
     t0 = time.perf_counter()
     images, cams = [photo.image], [src_w2c]
     if a.with_views:
         nvs = load_nvs(Path(a.checkpoints), a.device)
-        around = cameras.orbit(a.with_views + 1, a.input_elevation, a.input_distance)[1:]  # all but the photo's
+        around = cameras.orbit(a.with_views + 1, in_el, in_r)[1:]  # all but the photo's
         images += nvs.generate(nvs.encode_source(photo.image, src_w2c), None, around, seed=a.seed)
         cams += around
     t_views = time.perf_counter() - t0
@@ -91,7 +106,8 @@ def cmd_lift(a) -> dict:
     mesh = scene.extract_mesh(resolution=a.mesh_resolution)
     out.parent.mkdir(parents=True, exist_ok=True)
     export_mesh(mesh, out)
-    return {"out": str(out), "input_views": len(images), "vertices": len(mesh.vertices), "faces": len(mesh.faces),
+    return {"out": str(out), "input_views": len(images), "input_elevation": in_el,
+            "vertices": len(mesh.vertices), "faces": len(mesh.faces),
             "generate_s": round(t_views, 3), "seconds": round(time.perf_counter() - t0, 3), "input_note": photo.note}
 
 
@@ -103,9 +119,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("photo", help="image file (PNG/JPEG/WebP...; RGBA uses its alpha)")
     common.add_argument("--checkpoints", default=str(CHECKPOINTS), metavar="DIR",
                         help="folder with nvs/, tokenizer/, recon/ (default: the shipped ones)")
-    common.add_argument("--input-elevation", type=float, default=20.0,
-                        help="how far above the object the photo was taken, degrees (default 20, as in the app)")
-    common.add_argument("--input-distance", type=float, default=2.0, help="camera distance of the photo (default 2)")
+    common.add_argument("--input-elevation", type=float, default=None,
+                        help="how far above the object the photo was taken, degrees (default: as the app, the "
+                             "reconstruction model's training elevation, 17.6 for the shipped one, else 20)")
+    common.add_argument("--input-distance", type=float, default=None,
+                        help="camera distance of the photo (default: as the app, 2 for the shipped models)")
     common.add_argument("--keep-background", action="store_true", help="do not cut out a plain background")
     common.add_argument("--foreground-ratio", type=float, default=0.85, help="object size over image size")
     common.add_argument("--seed", type=int, default=0)

@@ -24,15 +24,15 @@ def test_views_write_every_frame_and_repeat_with_the_seed(tmp_path, capsys):
     assert rc == 0 and res["n_views"] == 1
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == sorted(res["files"]) and len(files) == 1 + 10            # input + 9 previews + final
-    final = np.asarray(Image.open(tmp_path / "a" / "view_az90_el20_r2.png"))
+    final = np.asarray(Image.open(tmp_path / "a" / "view_az90_el17.6_r2.png"))
     assert final.shape == (128, 128, 3) and final.std() > 5
     rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "b"), "--azimuth", "90", "200", "--seed", "0")
-    assert rc == 0 and res["files"] == ["input.png", "view_az90_el20_r2.png", "view_az200_el20_r2.png"]
+    assert rc == 0 and res["files"] == ["input.png", "view_az90_el17.6_r2.png", "view_az200_el17.6_r2.png"]
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "c"), "--azimuth", "90", "--previews", "--quiet")
-    again = np.asarray(Image.open(tmp_path / "c" / "view_az90_el20_r2.png"))
+    again = np.asarray(Image.open(tmp_path / "c" / "view_az90_el17.6_r2.png"))
     assert np.array_equal(final, again)                                     # same seed, same view
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "d"), "--azimuth", "90", "--seed", "1")
-    assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / "view_az90_el20_r2.png")))
+    assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / "view_az90_el17.6_r2.png")))
 
 
 def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys):
