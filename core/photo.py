@@ -5,10 +5,11 @@
 
 The photo goes through the app's preprocessing (alpha or a plain background cut out, the object
 centred on white) and is taken to be seen from azimuth 0 at ``--input-elevation`` and
-``--input-distance`` (default: what the app assumes). ``views`` writes one PNG per camera (``--previews``: also each
-coarse-to-fine frame the app streams); ``lift`` writes a mesh (.glb, .ply or .obj by suffix),
-optionally reconstructed from the photo plus N generated views around it (the app's *use
-generated views*). Both print a JSON summary; bad input is one ``error:`` line and exit code 2.
+``--input-distance`` (default: what the app assumes). ``views`` writes one PNG per camera
+(``--previews``: also each coarse-to-fine frame the app streams); ``lift`` writes a mesh (.glb,
+.ply or .obj by suffix), optionally reconstructed from the photo plus N generated views around it
+(the app's *use generated views*). Both print a JSON summary; bad input is one ``error:`` line and
+exit code 2, with nothing written.
 """
 from __future__ import annotations
 
