@@ -37,8 +37,8 @@ def port_number(text: str) -> int:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Raise AddressUnavailable when ``host:port`` cannot be bound (as Gradio binds it: SO_REUSEADDR, so a
-    socket left in TIME_WAIT by an app that just quit does not count as busy)."""
+    """Raise AddressUnavailable when ``host:port`` cannot be bound (bound as Gradio binds it, with
+    SO_REUSEADDR, so a socket left in TIME_WAIT by an app that just quit does not count as busy)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -139,8 +139,11 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False,
                     max_file_size=MAX_UPLOAD, allowed_paths=[str(backend.sessions.root), str(ASSETS)],
                     show_error=True, quiet=quiet, inbrowser=False)
-    except OSError:  # taken between the check above and the bind (Gradio words it for its own API)
+    except OSError as e:
         scene.stop()
+        if "port" not in str(e).lower():
+            raise
+        # taken between the check above and the bind (Gradio words it for its own API)
         raise AddressUnavailable(port_message(host, port, "taken while the app was starting")) from None
     mount_viser_proxy(demo.app, scene.port)
     return Running(demo, scene, backend, demo.local_url)

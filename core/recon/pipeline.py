@@ -57,7 +57,8 @@ class ReconPipeline:
         return cls(load_into(model, folder), device)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        return save_checkpoint(folder, self.model.state_dict(), {"model_type": self.config.model_type, **self.config.to_dict()})
+        return save_checkpoint(folder, self.model.state_dict(),
+                               {"model_type": self.config.model_type, **self.config.to_dict()})
 
     def default_camera(self) -> np.ndarray:
         """The camera assumed for a single photo: azimuth 0 at the training corpus's usual elevation."""
