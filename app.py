@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli import device_arg
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parent
@@ -68,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "to your network: a warning is shown)")
     p.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
                    help="public port for the page and the proxied 3D view (default 7860)")
-    p.add_argument("--device", default="auto", help="torch device for the models: auto (CUDA if present, "
+    p.add_argument("--device", type=device_arg, default="auto", help="torch device for the models: auto (CUDA if present, "
                    "else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), metavar="DIR",
                    help="folder with nvs/, tokenizer/ and recon/ checkpoints (default ./checkpoints); "
@@ -78,16 +80,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting per event before new ones "
                    "are refused (default 32)")
     return p.parse_args(argv)
-
-
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:
-        return "cpu"
 
 
 def exposure_warning(host: str, share: bool) -> str | None:
@@ -153,7 +145,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run = launch(args.host, args.port, resolve_device(args.device), args.checkpoints, args.share,
+        run = launch(args.host, args.port, args.device, args.checkpoints, args.share,
                      max_queue=args.max_queue)
     except AddressUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,10 +1,13 @@
-"""`python -m core.{train,eval,bench} NAME [args]`: one dispatcher for the three command groups.
+"""`python -m core.{train,eval,bench} NAME [args]`: one dispatcher for the three command groups,
+and the ``--device`` argument every command (and the app) shares.
 
-A command's bad input (a missing folder, a wrong or broken checkpoint, a bad camera) is one
-``error: ...`` line and exit code 2, whichever command met it; a bug keeps its traceback.
+A command's bad input (a missing folder, a wrong or broken checkpoint, a bad camera, a device this
+machine lacks) is one ``error: ...`` line and exit code 2, whichever command met it; a bug keeps
+its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
@@ -18,6 +21,29 @@ def is_input_error(e: BaseException) -> bool:
     if isinstance(e, FileNotFoundError):
         return True
     return isinstance(e, ValueError) and type(e).__module__.split(".")[0] in ("core", "viewer")
+
+
+def device_arg(name: str) -> str:
+    """argparse ``type`` for ``--device``: ``auto`` becomes ``cuda`` when there is one, else ``cpu``;
+    a device this machine lacks (``cuda`` on a CPU-only torch, ``cuda:3`` with one GPU) is a usage
+    error here, not an assertion deep in torch after the models load."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(f"{name}: this machine's torch ({torch.__version__}) sees no CUDA device; "
+                                             "use cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(f"{name}: there are {n} CUDA device(s) here (cuda:0..cuda:{n - 1})")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{name}: only cpu and cuda devices are supported")
+    return name
 
 
 def dispatch(group: str, argv=None) -> int:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from core import cameras
+from core.cli import device_arg, is_input_error
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -128,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("--keep-background", action="store_true", help="do not cut out a plain background")
     common.add_argument("--foreground-ratio", type=float, default=0.85, help="object size over image size")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    common.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:1, ...")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     v = sub.add_parser("views", parents=[common], help="novel views of the photo's object")
     v.add_argument("--out", required=True, metavar="DIR", help="folder for input.png and one PNG per view")
@@ -150,7 +151,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from core.cli import is_input_error
     from core.report import emit_json
     try:
         res = cmd_views(a) if a.command == "views" else cmd_lift(a)

@@ -124,6 +124,21 @@ def test_cli_input_errors_are_one_line_and_bugs_keep_their_traceback(ckpts, tmp_
         cli.dispatch("bench", ["recon"])
 
 
+def test_a_device_this_machine_lacks_is_a_usage_error(capsys):
+    import argparse
+
+    import app
+    from core.cli import device_arg
+    has_cuda = torch.cuda.is_available()
+    assert device_arg("auto") == ("cuda" if has_cuda else "cpu") and device_arg("cpu") == "cpu"
+    for bad in ["foo", "mps", "cuda:99"] + ([] if has_cuda else ["cuda"]):
+        with pytest.raises(argparse.ArgumentTypeError):
+            device_arg(bad)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--device", "cuda:99"])
+    assert "argument --device: cuda:99" in capsys.readouterr().err
+
+
 def test_importers_and_open_clip_never_unpickle(tmp_path):
     from core.nvs.embedders import OpenCLIPEmbedder
     from core.nvs.importer import read_archonview

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.bench.app import ROOT, ViserWireClient, free_port, summary, wait_http
+from core.cli import device_arg
 from core.report import emit_json
 
 SCALE = re.compile(r"scale (\d+)/(\d+)")
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--viser-clients", type=int, default=4)
     p.add_argument("--replays", type=int, default=2, help="requests per client replayed alone for the content check")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     import faulthandler

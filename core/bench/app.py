@@ -25,6 +25,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from core.cli import device_arg
 from core.report import emit_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--image", default=str(ROOT / "assets" / "rocket.jpg"), help="input photo")
     p.add_argument("--moves", type=int, default=12, help="camera moves to time")
     p.add_argument("--lifts", type=int, default=3, help="photo -> GLB runs to time")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)

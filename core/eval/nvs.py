@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core import cameras, metrics
+from core.cli import device_arg
 from core.data.io import DataError, image_to_tensor, index_objects, read_view, tensor_to_image, zoom_images
 from core.report import emit_json
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
     ap.add_argument("--figure", default=None, help="also write a PNG grid of source / generated / ground truth")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     import torch

@@ -21,6 +21,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from core import metrics
+from core.cli import device_arg
 from core.data.io import DataError, list_objects, load_image, object_fov, read_view, view_ids
 from core.mesh import MeshError
 from core.report import emit_json
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mc-resolution", type=int, default=256)
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from core import cameras
 from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into, save_checkpoint
+from core.cli import device_arg
 from core.data.io import index_objects, read_view
 from core.recon.model import ReconConfig, ReconModel
 from core.recon.pipeline import prepare_views
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on for CUDA)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
     from tqdm import tqdm
