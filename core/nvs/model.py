@@ -263,11 +263,10 @@ class NVSTransformer(nn.Module):
         """Every block's AdaLN modulation of ``cond``: pass it to ``run`` for all steps of one view."""
         return [b.modulation(cond) for b in self.blocks]
 
-    def run(self, x: torch.Tensor, cond: torch.Tensor | list[tuple], past: list[KV] | list[KVCache],
+    def run(self, x: torch.Tensor, mods: list[tuple], past: list[KV] | list[KVCache],
             mask=None) -> tuple[torch.Tensor, list]:
-        """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales]).
-        ``cond``: the condition [B, C] or its precomputed ``modulations``."""
-        mods = cond if isinstance(cond, list) else self.modulations(cond)
+        """Target tokens ``x`` through all blocks, attending to ``past`` (prefix [+ earlier scales]);
+        ``mods``: the condition's ``modulations``."""
         new = []
         for b, mod, kv in zip(self.blocks, mods, past):
             x, kv = b(x, mod, kv, mask)
@@ -334,7 +333,7 @@ class NVSTransformer(nn.Module):
             kv = [(pk.repeat_interleave(k, 0), pv.repeat_interleave(k, 0)) for pk, pv in kv]
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf[:, :T - self.first_l])
                        + self.lvl_embed(self.lvl_1L[:, self.first_l:T]) + self.pos_1LC[:, self.first_l:T]), dim=1)
-        h, _ = self.run(x, cond, kv, self.target_mask(n_scales))
+        h, _ = self.run(x, self.modulations(cond), kv, self.target_mask(n_scales))
         return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:
