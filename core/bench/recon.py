@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--glb-resolution", type=int, default=128, help="marching-cubes grid of the end-to-end GLB path")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--bf16", action="store_true", help="also time image->triplane under bf16 autocast")
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

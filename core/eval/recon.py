@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mc-resolution", type=int, default=256)
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preview-images", type=int, default=64, help="images used for the per-scale preview PSNR")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

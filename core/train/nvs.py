@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many minutes of training in total (resumed runs included); the lr cosine follows it")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     ap.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                     help="bf16 autocast: auto = on for CUDA, off on CPU (measured 5x slower on AVX2-only CPUs)")
     ap.add_argument("--seed", type=int, default=0)

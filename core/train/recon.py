@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on for CUDA)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     args = ap.parse_args(argv)
 
     from tqdm import tqdm

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
                          "so every image keeps its tokens and an NVS model trained against them stays valid")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="autocast; auto = on for CUDA only")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="auto")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
