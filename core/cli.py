@@ -52,10 +52,16 @@ def dispatch(group: str, argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in modules:
         print(f"usage: python -m core.{group} {{{','.join(modules)}}} [options]  (each has --help)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return report_input_errors(lambda: importlib.import_module(modules[argv[0]]).main(argv[1:]))
+
+
+def report_input_errors(command, *also: type) -> int:
+    """``command()``'s exit code, or 2 after one ``error:`` line when it fails on bad input
+    (``is_input_error``, or one of the exception types ``also``)."""
     try:
-        return importlib.import_module(modules[argv[0]]).main(argv[1:])
+        return command()
     except (ValueError, FileNotFoundError) as e:
-        if not is_input_error(e):
+        if not (is_input_error(e) or isinstance(e, also)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

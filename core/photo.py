@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from core import cameras
-from core.cli import device_arg, is_input_error
+from core.cli import device_arg, report_input_errors
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -38,12 +38,14 @@ def input_camera(a) -> tuple[float, float]:
     """The photo's (elevation, distance): the flags, else what the app assumes: the reconstruction
     checkpoint's training defaults when it has them (17.6 deg, 2 for the shipped one), else 20 deg, 2."""
     from core.checkpoint import CheckpointError, load_config
+    from core.recon.model import ReconConfig
     try:
         cfg = load_config(Path(a.checkpoints) / "recon")
     except CheckpointError:
         cfg = {}
-    el = a.input_elevation if a.input_elevation is not None else float(cfg.get("default_elevation_deg", 20.0))
-    r = a.input_distance if a.input_distance is not None else float(cfg.get("default_radius", 2.0))
+    el = a.input_elevation if a.input_elevation is not None else \
+        float(cfg.get("default_elevation_deg", ReconConfig.default_elevation_deg))
+    r = a.input_distance if a.input_distance is not None else float(cfg.get("default_radius", ReconConfig.default_radius))
     return el, r
 
 
@@ -152,15 +154,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     from core.report import emit_json
-    try:
-        res = cmd_views(a) if a.command == "views" else cmd_lift(a)
-    except (ValueError, FileNotFoundError) as e:
-        if not (is_input_error(e) or isinstance(e, PhotoArgumentError)):  # its module is __main__ under -m
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    emit_json({"command": a.command, **res})
-    return 0
+
+    def run() -> int:
+        emit_json({"command": a.command, **(cmd_views(a) if a.command == "views" else cmd_lift(a))})
+        return 0
+    return report_input_errors(run, PhotoArgumentError)  # named: its module is __main__ under -m
 
 
 if __name__ == "__main__":
