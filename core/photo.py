@@ -43,9 +43,9 @@ def input_camera(a) -> tuple[float, float]:
         cfg = load_config(Path(a.checkpoints) / "recon")
     except CheckpointError:
         cfg = {}
-    el = a.input_elevation if a.input_elevation is not None else \
-        float(cfg.get("default_elevation_deg", ReconConfig.default_elevation_deg))
-    r = a.input_distance if a.input_distance is not None else float(cfg.get("default_radius", ReconConfig.default_radius))
+    el, r = a.input_elevation, a.input_distance
+    el = float(cfg.get("default_elevation_deg", ReconConfig.default_elevation_deg)) if el is None else el
+    r = float(cfg.get("default_radius", ReconConfig.default_radius)) if r is None else r
     return el, r
 
 
