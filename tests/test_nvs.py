@@ -403,6 +403,25 @@ def test_distance_zoom_pipeline_scales_the_model_view(tok):
     assert arr(frames[0].image)[0, 0].min() == 255  # previews are scaled too: white enters at the border
 
 
+def test_samples_average_independent_draws_of_each_camera(tok):
+    """samples=N: the pixel mean of the views seeds seed..seed+N-1 give, per target, zoom included."""
+    p = NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True, distance_zoom=True)), seed=2), tok)
+    h = p.encode_source(blob(), SRC)
+    tg = [TGTS[0], cameras.at_distance(TGTS[1], 3.0), TGTS[2]]
+    singles = [p.generate(h, None, tg, seed=5 + j) for j in range(3)]
+    assert not np.array_equal(arr(singles[0][0]), arr(singles[1][0]))  # the draws differ, so a mean is a mean
+    mean = p.generate(h, None, tg, seed=5, samples=3)
+    for i in range(len(tg)):
+        expect = np.mean([arr(s[i]) for s in singles], axis=0)
+        assert np.abs(arr(mean[i]) - expect).max() <= 1.0  # averaged before rounding to 8 bits
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(p.generate(h, None, tg, seed=5, samples=1), singles[0]))
+    frames = list(p.stream(h, None, tg[1], seed=5, samples=3))
+    assert len(frames) == p.num_scales and np.array_equal(arr(frames[-1].image), arr(mean[1]))
+    for bad in (0, 65, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="samples"):
+            p.generate(h, None, tg, samples=bad)
+
+
 def test_distance_zoom_training_targets(tmp_path, tok):
     """The sampler's zoomed targets are the tokenizer's tokens of the scaled image, with d_r = 0."""
     from core.nvs.data import DistanceZoom, PairSampler, load_cached, tokenise_objects
@@ -592,4 +611,5 @@ def test_benchmark_cli_reports_every_ratio(pipe, tmp_path):
                 "bf16_vs_fp32_speedup", "ar_vs_diffusion_50_bf16_autocast_speedup"):
         assert math.isfinite(res[key]) and res[key] > 0
     assert len(res["stream_all_previews"]["per_scale_s"]) == pipe.num_scales
+    assert res["stream_mean_of_samples"]["samples"] == 8 and res["stream_mean_of_samples"]["full_view_s"] > 0
     assert bench_tok(["--checkpoint", str(tmp_path / "tokenizer"), "--repeats", "1", "--threads", "1"]) == 0

@@ -4,6 +4,10 @@
 source image; every later camera reuses that handle (the viewer asks for many cameras of
 one photo). ``stream`` yields a decoded preview after each scale; its last frame is exactly
 the image ``generate`` returns for the same seed.
+
+``samples=N`` draws N independent views of each camera (seeds seed..seed+N-1) and returns
+their pixel mean: a Monte-Carlo estimate of the model's posterior-mean view, the prediction
+that minimises expected squared error (so PSNR), softer than any one sample. N=1 is one sample.
 """
 from __future__ import annotations
 
@@ -80,29 +84,40 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(np.ascontiguousarray(book).tobytes()).hexdigest()[:16]
 
 
+class SamplingError(ValueError):
+    """A sampling knob out of its range (seed, cfg, top-k, top-p, temperature, samples)."""
+
+
 MAX_CFG = 50.0
+MAX_SAMPLES = 64  # views averaged per camera; 8 take ~5x one view's time on a 2-core CPU
 
 
 def sampling_params(vocab_size: int, seed, cfg, top_k, top_p, temperature) -> tuple[int, float, int, float, float]:
     """Validate the knobs a user turns: clamp where the meaning is obvious (top_k above the
     vocabulary = no top-k; top_p above 1 = no top-p; guidance above MAX_CFG), else a clear
-    ValueError naming the parameter (NaN/inf, negative values, a non-integer seed)."""
+    SamplingError naming the parameter (NaN/inf, negative values, a non-integer seed)."""
     def num(name, v):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+            raise SamplingError(f"{name} must be a finite number, got {v!r}")
         return v
     num("seed", seed)
     if float(seed) != int(seed) or not 0 <= int(seed) < 2 ** 63:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        raise SamplingError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if num("cfg", cfg) < 0:
-        raise ValueError(f"cfg (guidance) must be >= 0, got {cfg!r}")
+        raise SamplingError(f"cfg (guidance) must be >= 0, got {cfg!r}")
     if num("top_k", top_k) < 0 or float(top_k) != int(top_k):
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        raise SamplingError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if num("top_p", top_p) < 0:
-        raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {top_p!r}")
+        raise SamplingError(f"top_p must be in [0, 1] (0 or 1 = off), got {top_p!r}")
     if num("temperature", temperature) < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        raise SamplingError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     return int(seed), min(float(cfg), MAX_CFG), min(int(top_k), vocab_size), min(float(top_p), 1.0), float(temperature)
+
+
+def check_samples(samples) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
+        raise SamplingError(f"samples must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
+    return int(samples)
 
 
 def check_pair(cfg: NVSConfig, tok, check_hash: bool = True) -> None:
@@ -259,15 +274,20 @@ class NVSPipeline:
 
     # ------------------------------------------------------------------ sampling
     def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
-                reuse_prefix=True) -> Iterator[tuple[int, torch.Tensor]]:
+                reuse_prefix=True, samples=1) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yields (scale index, f_hat, zoom); f_hat rows are sample-major: sample j of target i is
+        row j * len(targets) + i, drawn with seed + j."""
         seed, cfg, top_k, top_p, temperature = sampling_params(self.model.config.vocab_size, seed, cfg, top_k,
                                                                top_p, temperature)
+        samples = check_samples(samples)
+        seeds = [(seed + j) % 2 ** 63 for j in range(samples) for _ in targets]
+        targets = list(targets) * samples
         # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
         # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
         handle, cond, uncond, prefix_kv, zoom = self._prepare(src, source_w2c, targets, cfg,
                                                               reuse_prefix and use_cache)
         src_idx = torch.cat(handle.indices, 1).expand(cond.shape[0], -1) if self.model.copy_gate is not None else None
-        it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seed, cfg=cfg, top_k=top_k,
+        it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seeds, cfg=cfg, top_k=top_k,
                                top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel,
                                src_idx=src_idx)
         while True:
@@ -281,35 +301,45 @@ class NVSPipeline:
     def _zoomed(x: torch.Tensor, zoom) -> torch.Tensor:
         return x if zoom is None else zoom_images(x, zoom[0][:len(x)], zoom[1][:len(x)])
 
-    @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, zoom=None) -> list[Image.Image]:
-        """Final images; ``zoom`` is the distance scale ``_prepare`` returned (distance_zoom models)."""
-        return [tensor_to_image(x) for x in self._zoomed(self.tok.decode_fhat(f_hat.float()).float(), zoom)]
+    @staticmethod
+    def _sample_mean(x: torch.Tensor, samples: int) -> torch.Tensor:
+        """[samples * T, 3, H, W] sample-major -> [T, 3, H, W], the pixel mean over samples."""
+        return x if samples == 1 else x.view(samples, -1, *x.shape[1:]).mean(0)
 
     @torch.no_grad()
-    def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom=None) -> Image.Image:
+    def decode(self, f_hat: torch.Tensor, zoom=None, samples: int = 1) -> list[Image.Image]:
+        """Final images; ``zoom`` is the distance scale ``_prepare`` returned (distance_zoom models);
+        with ``samples`` > 1 the rows are that many samples of each target, averaged."""
+        x = self._zoomed(self.tok.decode_fhat(f_hat.float()).float(), zoom)
+        return [tensor_to_image(v) for v in self._sample_mean(x, samples)]
+
+    @torch.no_grad()
+    def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom=None, samples: int = 1) -> Image.Image:
         """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``):
-        the full grid, or with ``fast_previews`` coarse scales at a lower grid."""
-        return tensor_to_image(self._zoomed(self.tok.decode_preview(f_hat, pn, fast=self.fast_previews)[:1].float(),
-                                            zoom)[0])
+        the full grid, or with ``fast_previews`` coarse scales at a lower grid. The first target
+        (the stream's one), averaged over its ``samples`` rows."""
+        rows = f_hat[::len(f_hat) // samples]
+        x = self._zoomed(self.tok.decode_preview(rows, pn, fast=self.fast_previews).float(), zoom)
+        return tensor_to_image(x.mean(0))
 
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
-               cancel: Callable[[], bool] | None = None, temperature: float = 1.0) -> Iterator[Frame]:
+               cancel: Callable[[], bool] | None = None, temperature: float = 1.0, samples: int = 1) -> Iterator[Frame]:
         """One target camera, coarse to fine: a Frame after each scale in ``preview_scales``
-        (1-based; default all); the last scale is always decoded and is the final view."""
+        (1-based; default all); the last scale is always decoded and is the final view
+        (with ``samples`` > 1, every frame is the mean of that many samples, drawn in one batch)."""
         t0 = time.perf_counter()
         S = self.num_scales
         keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
         sample_s = decode_s = 0.0
         t = time.perf_counter()
         for si, f_hat, zoom in self._scales(src_or_image, source_w2c, [target_w2c], seed, cfg, top_k, top_p,
-                                            temperature, cancel):
+                                            temperature, cancel, samples=samples):
             sample_s += time.perf_counter() - t
             if si + 1 in keep:
                 t = time.perf_counter()
-                img = self.decode(f_hat, zoom)[0] if si + 1 == S else \
-                    self.decode_preview(f_hat, self.model.config.patch_nums[si], zoom)
+                img = self.decode(f_hat, zoom, samples)[0] if si + 1 == S else \
+                    self.decode_preview(f_hat, self.model.config.patch_nums[si], zoom, samples)
                 decode_s += time.perf_counter() - t
                 yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
                             {"sample_s": sample_s, "decode_s": decode_s})
@@ -319,12 +349,13 @@ class NVSPipeline:
 
     def generate(self, src_or_image, source_w2c, target_w2cs: Sequence, seed: int = 0, cfg: float = 3.0,
                  top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0, use_cache: bool = True,
-                 reuse_prefix: bool = True) -> list[Image.Image]:
-        """A batch of target cameras at once -> list of PIL images (same seed -> same images)."""
+                 reuse_prefix: bool = True, samples: int = 1) -> list[Image.Image]:
+        """A batch of target cameras at once -> list of PIL images (same seed -> same images; a
+        target's image does not depend on the others). ``samples``: see the module docstring."""
         if isinstance(target_w2cs, np.ndarray) and target_w2cs.ndim == 2:
             target_w2cs = [target_w2cs]
         f_hat = zoom = None
         for _, f_hat, zoom in self._scales(src_or_image, source_w2c, list(target_w2cs), seed, cfg, top_k, top_p,
-                                           temperature, None, use_cache, reuse_prefix):
+                                           temperature, None, use_cache, reuse_prefix, samples):
             pass
-        return self.decode(f_hat, zoom)
+        return self.decode(f_hat, zoom, samples)

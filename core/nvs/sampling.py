@@ -59,7 +59,7 @@ def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
 
 @torch.no_grad()
 def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
-                      prefix_kv: Callable[[], list[KV]], seed: int = 0, cfg: float = 3.0, top_k: int = 0,
+                      prefix_kv: Callable[[], list[KV]], seed: int | list[int] = 0, cfg: float = 3.0, top_k: int = 0,
                       top_p: float = 0.0, temperature: float = 1.0, use_cache: bool = True,
                       cancel: Callable[[], bool] | None = None,
                       src_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -71,11 +71,15 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
     re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all). src_idx [N, L]:
     the source's token indices for a model with a copy gate (the unconditional rows never copy).
+    ``seed``: one for every row, or a list with one per row (independent samples of one camera).
     """
     N, S = cond.shape[0], model.config.num_scales
     guided = uncond is not None and cfg != 0
     c = torch.cat((cond, uncond)) if guided else cond
-    gens = [torch.Generator(device=cond.device).manual_seed(int(seed)) for _ in range(N)]
+    seeds = [int(seed)] * N if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != N:
+        raise ValueError(f"{len(seeds)} seeds for {N} rows")
+    gens = [torch.Generator(device=cond.device).manual_seed(s) for s in seeds]
     use_copy = None
     if src_idx is not None and guided:
         src_idx = torch.cat((src_idx, src_idx))
