@@ -7,6 +7,8 @@ baseline scores the source image itself as the prediction; ``zero_pose_psnr`` sc
 generating the source camera itself against the source. ``baseline_scaled_copy_*`` (ours,
 beyond the contract) scores the source scaled by r_source / r_target about the object's
 centre: what the camera distance alone explains (``NVSConfig.distance_zoom``).
+``--samples N`` scores the pixel mean of N sampled views per camera (``NVSPipeline``'s
+posterior-mean estimate) instead of one sample; the JSON's ``settings`` records N.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def scaled_copy(src, targets: list, fov_deg: float) -> list:
 def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = None, seed: int = 0,
              cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0,
              zero_pose: bool = True, max_views: int | None = None, progress: bool = False, split: str | None = "val",
-             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4) -> dict:
+             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4, samples: int = 1) -> dict:
     """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data``; when ``figure_rows``
     is a list, (source, [(generated, ground truth), ...]) of the first objects are appended."""
     objs = index_objects(Path(data), split)  # a plain folder of objects has no split: all of it
@@ -61,7 +63,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
         preds = []
         for i in range(0, len(gts), batch):
             preds += pipe.generate(handle, None, [g.w2c for g in gts[i:i + batch]], seed=seed, cfg=cfg, top_k=top_k,
-                                   top_p=top_p, temperature=temperature)
+                                   top_p=top_p, temperature=temperature, samples=samples)
         secs += time.perf_counter() - t0
         nviews += len(preds)
         ps = [metrics.psnr(p, g.image) for p, g in zip(preds, gts)]
@@ -76,7 +78,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
                "baseline_scaled_copy_ssim": float(np.mean(sc)), "n_views": len(preds), "views": targets}
         if zero_pose:
             z = pipe.generate(handle, None, [src.w2c], seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                              temperature=temperature)[0]
+                              temperature=temperature, samples=samples)[0]
             rec["zero_pose_psnr"] = metrics.psnr(z, src.image)
             Z.append(rec["zero_pose_psnr"])
         per[o.folder.name] = rec
@@ -97,7 +99,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
     if Z:
         out["zero_pose_psnr"] = float(np.mean(Z))
     out["settings"] = {"source_view": source_view, "seed": seed, "cfg": cfg, "top_k": top_k, "top_p": top_p,
-                       "temperature": temperature, "resolution": R}
+                       "temperature": temperature, "samples": samples, "resolution": R}
     out["per_object"] = per
     return out
 
@@ -135,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top-k", type=int, default=900)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (most likely token)")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="score the pixel mean of this many sampled views per camera (default 1: one sample)")
     ap.add_argument("--no-zero-pose", action="store_true", help="skip the zero-relative-pose reproduction check")
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
                                            clip_weights=a.clip_weights)
         res = evaluate(pipe, a.data, a.source_view, a.max_objects, a.seed, a.cfg, a.top_k, a.top_p, a.temperature,
                        zero_pose=not a.no_zero_pose, max_views=a.max_views, progress=True, split=a.split,
-                       figure_rows=rows)
+                       figure_rows=rows, samples=a.samples)
         if a.figure and rows:
             make_figure(rows, a.figure)
     except (ValueError, FileNotFoundError) as e:
