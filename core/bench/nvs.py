@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--diffusion-repeats", type=int, default=3, help="AR-view / diffusion-peer pairs timed")
     ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--samples", type=int, default=8,
+                    help="also time the streamed mean of this many samples per view (0: skip)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -108,6 +110,12 @@ def main(argv=None) -> int:
     res["stream_all_previews"] = {"first_preview_s": first, "full_view_s": full, "per_scale_s": per_scale,
                                   "decode_total_s": statistics.median(r[-1][2]["decode_s"] for r in runs),
                                   "sample_total_s": statistics.median(r[-1][2]["sample_s"] for r in runs)}
+    if a.samples > 1:  # the posterior-mean view (NVSPipeline samples=N): N draws in one batch
+        mean = [[(f.scale, f.elapsed_s) for f in pipe.stream(handle, None, targets[0], samples=a.samples, **kw)]
+                for _ in range(R + 1)][1:]
+        res["stream_mean_of_samples"] = {"samples": a.samples,
+                                         "first_preview_s": statistics.median(r[0][1] for r in mean),
+                                         "full_view_s": statistics.median(r[-1][1] for r in mean)}
     few = [stream_once([1, S // 2]) for _ in range(R)]
     res["stream_previews_1_mid_last"] = {"first_preview_s": statistics.median(r[0][1] for r in few),
                                          "full_view_s": statistics.median(r[-1][1] for r in few)}
