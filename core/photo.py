@@ -63,7 +63,7 @@ def cmd_views(a) -> dict:
     el = in_el if a.elevation is None else a.elevation
     r = in_r if a.distance is None else a.distance
     targets = [(az, cameras.pose_from_spherical(az, el, r)) for az in a.azimuth]
-    knobs = dict(seed=a.seed, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p)
+    knobs = dict(seed=a.seed, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p, samples=a.samples)
     t0 = time.perf_counter()
     src = pipe.encode_source(photo.image, src_w2c)   # encoded once, reused for every camera
     results = [("input.png", photo.image)]           # written once every view is made: a bad camera writes nothing
@@ -143,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance (ArchonView's default 3)")
     v.add_argument("--top-k", type=int, default=900)
     v.add_argument("--top-p", type=float, default=0.95)
+    v.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="write the mean of N sampled views per camera: nearer the expected view, softer (default 1)")
     lift = sub.add_parser("lift", parents=[common], help="a 3D mesh of the photo's object")
     lift.add_argument("--out", required=True, metavar="FILE", help="mesh file: .glb (+Y up), .ply or .obj (+Z up)")
     lift.add_argument("--with-views", type=int, default=0, metavar="N",

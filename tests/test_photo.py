@@ -33,6 +33,10 @@ def test_views_write_every_frame_and_repeat_with_the_seed(tmp_path, capsys):
     assert np.array_equal(final, again)                                     # same seed, same view
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "d"), "--azimuth", "90", "--seed", "1")
     assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / "view_az90_el17.6_r2.png")))
+    rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "e"), "--azimuth", "90", "--samples", "2")
+    mean = np.asarray(Image.open(tmp_path / "e" / "view_az90_el17.6_r2.png")).astype(float)
+    expect = (final.astype(float) + np.asarray(Image.open(tmp_path / "d" / "view_az90_el17.6_r2.png"))) / 2
+    assert rc == 0 and res["samples"] == 2 and np.abs(mean - expect).max() <= 1   # seeds 0 and 1, averaged
 
 
 def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys):
@@ -50,6 +54,8 @@ def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys)
     (["views", str(ROOT / "README.md")], "views", "not an image"),
     (["views", str(ROOT / "no-such-photo.png")], "views", "no such file"),
     (["views", PHOTO, "--input-elevation", "nan"], "views", "finite"),
+    (["views", PHOTO, "--samples", "0"], "views", "samples must be"),
+    (["views", PHOTO, "--cfg", "-1"], "views", "cfg (guidance) must be"),
     (["lift", PHOTO, "--with-views", "9"], "x.glb", "--with-views"),
     (["lift", PHOTO], "x.stl", "use a .glb"),
 ])
