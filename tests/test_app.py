@@ -61,6 +61,12 @@ def test_handlers_end_to_end(handlers, tmp_path):
     assert len(frames) >= 3 and scales == sorted(scales) and "final" in frames[-1][1]
     strip = handlers.views_around(token, 4, 0, 3.0, 900, 0.95)
     assert len(strip) == 4 and all(isinstance(im, Image.Image) for im, _ in strip)
+    pipe = handlers.backend.nvs
+    assert pipe.last_samples == 1  # the default: one draw
+    list(handlers.generate(token, 90, 20, 2.0, 0, 3.0, 900, 0.95, 4))
+    assert pipe.last_samples == 4
+    handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 99)
+    assert pipe.last_samples == 16  # clamped to the slider's range
     glb, files, status = handlers.lift(token, True, progress=None)
     orbit = handlers.orbit(token)
     session = handlers.backend.sessions.get(token)

@@ -52,8 +52,9 @@ class FakeNVS:
         return Image.fromarray(arr)
 
     def stream(self, src, source_w2c, target_w2c, seed=0, cfg=3.0, top_k=900, top_p=0.95,
-               preview_scales=None, cancel=None):
+               preview_scales=None, cancel=None, samples=1):
         self.calls += 1
+        self.last_samples = samples
         t0 = time.perf_counter()
         full = self._target(src, source_w2c, target_w2c)
         S = len(self.patch_nums)
@@ -68,7 +69,8 @@ class FakeNVS:
             img = full.resize((pn, pn), Image.Resampling.BOX).resize((self.resolution,) * 2, Image.Resampling.NEAREST)
             yield FakeFrame(img, si + 1, S, time.perf_counter() - t0, si == S - 1)
 
-    def generate(self, src, source_w2c, target_w2cs, seed=0, **kw):
+    def generate(self, src, source_w2c, target_w2cs, seed=0, samples=1, **kw):
+        self.last_samples = samples
         return [self._target(src, source_w2c, t) for t in target_w2cs]
 
 

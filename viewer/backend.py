@@ -37,6 +37,7 @@ DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can corr
 # (a loaded reconstruction model's config overrides both with the values it was trained around)
 RADIUS_RANGE = (1.2, 4.0)
 ELEVATION_RANGE = (-60.0, 80.0)
+MAX_SAMPLES_UI = 16            # views averaged per camera (Advanced); each costs about one view's sampling
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 
 
@@ -301,9 +302,9 @@ class Backend:
 
     def stream_view(self, session: Session, azimuth: float, elevation: float, radius: float,
                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95,
-                    cancel: Callable[[], bool] | None = None, preview_scales=None) -> Iterator[Any]:
+                    cancel: Callable[[], bool] | None = None, preview_scales=None, samples: int = 1) -> Iterator[Any]:
         """Frames of one target view, coarse first; stops early when ``cancel()`` turns True
-        or the session gets a new source."""
+        or the session gets a new source. ``samples`` > 1: each frame is the mean of that many draws."""
         pipe = self.require("nvs")
         if session.source is None:
             raise UserError("drop an image first")
@@ -314,6 +315,7 @@ class Backend:
         top_k = int(clamp("top-k", top_k, 0, 1 << 20))
         top_p = clamp("top-p", top_p, 0.0, 1.0)
         seed = int(clamp("seed", seed, 0, 2**31 - 1))
+        samples = int(clamp("samples", samples, 1, MAX_SAMPLES_UI))
         target = cameras.pose_from_spherical(az, el, r)
         version = session.version
         stop = lambda: (cancel is not None and cancel()) or session.version != version  # noqa: E731
@@ -323,7 +325,7 @@ class Backend:
             try:
                 src = self._source(session)
                 frames = pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
-                                     top_p=top_p, cancel=stop, preview_scales=preview_scales)
+                                     top_p=top_p, cancel=stop, preview_scales=preview_scales, samples=samples)
             except ValueError as e:
                 raise UserError(f"Cannot generate this view: {e}") from None
         # the lock is held per step, never across a yield: a consumer that stops iterating (a closed
@@ -351,7 +353,7 @@ class Backend:
         return None if not S else sorted({max(1, math.ceil(S * f)) for f in fractions} | {S})
 
     def views_around(self, session: Session, n: int = 6, elevation: float | None = None,
-                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95
+                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95, samples: int = 1
                      ) -> list[tuple[Image.Image, str]]:
         """A strip of ``n`` generated views around the object (batch generation)."""
         pipe = self.require("nvs")
@@ -361,10 +363,12 @@ class Backend:
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
         cfg, top_p = clamp("guidance", cfg, 0.0, 20.0), clamp("top-p", top_p, 0.0, 1.0)
         top_k, seed = int(clamp("top-k", top_k, 0, 1 << 20)), int(clamp("seed", seed, 0, 2**31 - 1))
+        samples = int(clamp("samples", samples, 1, MAX_SAMPLES_UI))
         with self.compute:
             try:
                 src = self._source(session)
-                images = pipe.generate(src, session.source_w2c, targets, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
+                images = pipe.generate(src, session.source_w2c, targets, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                                       samples=samples)
             except ValueError as e:
                 raise UserError(f"Cannot generate these views: {e}") from None
         session.generated = list(zip(targets, images))[-8:]

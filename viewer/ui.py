@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from viewer.backend import ELEVATION_RANGE, RADIUS_RANGE, Backend, UserError, gpu
+from viewer.backend import ELEVATION_RANGE, MAX_SAMPLES_UI, RADIUS_RANGE, Backend, UserError, gpu
 
 log = logging.getLogger("vantage.viewer")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -96,22 +96,23 @@ class Handlers:
     # ---------------------------------------------------------------- novel views
 
     def generate(self, token: str, azimuth: float, elevation: float, distance: float,
-                 seed: float, guidance: float, top_k: float, top_p: float):
+                 seed: float, guidance: float, top_k: float, top_p: float, samples: float = 1):
         """Stream one view, coarse to fine: yields (image, label) per finished scale."""
         session = self._session(token)
         t0 = time.perf_counter()
         try:
             for f in self.backend.stream_view(session, azimuth, elevation, distance, seed=seed,
-                                              cfg=guidance, top_k=top_k, top_p=top_p):
+                                              cfg=guidance, top_k=top_k, top_p=top_p, samples=samples):
                 tag = "final" if f.is_final else "preview"
                 yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s"
         except UserError as e:
             raise gr.Error(str(e)) from None
 
-    def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float):
+    def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float,
+                     samples: float = 1):
         try:
-            return self.backend.views_around(self._session(token), n, seed=seed, cfg=guidance,
-                                             top_k=top_k, top_p=top_p)  # the backend clamps (NaN: an error)
+            return self.backend.views_around(self._session(token), n, seed=seed, cfg=guidance, top_k=top_k,
+                                             top_p=top_p, samples=samples)  # the backend clamps (NaN: an error)
         except UserError as e:
             raise gr.Error(str(e)) from None
 
@@ -186,6 +187,10 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                     guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance (CFG)")
                     top_k = gr.Slider(0, 4096, value=900, step=1, label="Top-k (0 = off)")
                     top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
+                    samples = gr.Slider(1, MAX_SAMPLES_UI, value=1, step=1, label="Average of N samples",
+                                        info="The mean of N drawn views: nearer the expected view (higher PSNR), "
+                                             "softer, N times the sampling. Generate and the strip; the 3D view "
+                                             "draws one.")
                 gen_btn = gr.Button("Generate", variant="primary", interactive=nvs_on)
                 view_out = gr.Image(label="Generated view", type="pil", height=256, interactive=False,
                                     elem_id="novel-view")
@@ -216,9 +221,9 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
             ev(h.process, proc_inputs, [processed, input_status], preprocess=False,
                api_visibility="private", concurrency_limit=4)
         elevation_in.release(h.set_elevation, [token, elevation_in], None, api_name="set_elevation")
-        gen_btn.click(gpu(h.generate), [token, azimuth, elevation_t, distance, seed, guidance, top_k, top_p],
+        gen_btn.click(gpu(h.generate), [token, azimuth, elevation_t, distance, seed, guidance, top_k, top_p, samples],
                       [view_out, view_label], api_name="generate", concurrency_limit=2)
-        strip_btn.click(gpu(h.views_around), [token, n_views, seed, guidance, top_k, top_p], strip,
+        strip_btn.click(gpu(h.views_around), [token, n_views, seed, guidance, top_k, top_p, samples], strip,
                         api_name="views_around")
         lift_btn.click(gpu(h.lift), [token, use_gen], [model3d, downloads, lift_status], api_name="lift") \
             .success(h.orbit, [token], [orbit], api_name="orbit")
