@@ -403,7 +403,7 @@ def test_distance_zoom_pipeline_scales_the_model_view(tok):
     assert arr(frames[0].image)[0, 0].min() == 255  # previews are scaled too: white enters at the border
 
 
-def test_samples_average_independent_draws_of_each_camera(tok):
+def test_samples_average_independent_draws_of_each_camera(tok, monkeypatch):
     """samples=N: the pixel mean of the views seeds seed..seed+N-1 give, per target, zoom included."""
     p = NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True, distance_zoom=True)), seed=2), tok)
     h = p.encode_source(blob(), SRC)
@@ -420,6 +420,9 @@ def test_samples_average_independent_draws_of_each_camera(tok):
     for bad in (0, 65, 2.5, True, "4"):
         with pytest.raises(ValueError, match="samples"):
             p.generate(h, None, tg, samples=bad)
+    monkeypatch.setattr("core.nvs.pipeline.GENERATE_ROWS", 3)  # one camera (x 3 samples) per pass
+    chunked = p.generate(blob(), SRC, tg, seed=5, samples=3)
+    assert len(chunked) == 3 and all(np.abs(arr(a) - arr(b)).mean() < 1.0 for a, b in zip(chunked, mean))
 
 
 def test_distance_zoom_training_targets(tmp_path, tok):

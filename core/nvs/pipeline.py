@@ -89,7 +89,8 @@ class SamplingError(ValueError):
 
 
 MAX_CFG = 50.0
-MAX_SAMPLES = 64  # views averaged per camera; 8 take ~5x one view's time on a 2-core CPU
+MAX_SAMPLES = 64    # views averaged per camera
+GENERATE_ROWS = 96  # rows (cameras x samples) ``generate`` samples at once: ~0.5 GB of KV cache at the shipped size
 
 
 def sampling_params(vocab_size: int, seed, cfg, top_k, top_p, temperature) -> tuple[int, float, int, float, float]:
@@ -351,11 +352,18 @@ class NVSPipeline:
                  top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0, use_cache: bool = True,
                  reuse_prefix: bool = True, samples: int = 1) -> list[Image.Image]:
         """A batch of target cameras at once -> list of PIL images (same seed -> same images; a
-        target's image does not depend on the others). ``samples``: see the module docstring."""
+        target's image does not depend on the others). ``samples``: see the module docstring.
+        Cameras go through in chunks of at most GENERATE_ROWS rows, so memory stays bounded."""
         if isinstance(target_w2cs, np.ndarray) and target_w2cs.ndim == 2:
             target_w2cs = [target_w2cs]
-        f_hat = zoom = None
-        for _, f_hat, zoom in self._scales(src_or_image, source_w2c, list(target_w2cs), seed, cfg, top_k, top_p,
-                                           temperature, None, use_cache, reuse_prefix, samples):
-            pass
-        return self.decode(f_hat, zoom, samples)
+        targets, per = list(target_w2cs), max(1, GENERATE_ROWS // check_samples(samples))
+        if len(targets) > per and not isinstance(src_or_image, SourceHandle):
+            src_or_image = self.encode_source(src_or_image, source_w2c)  # once for every chunk
+        images = []
+        for i in range(0, max(len(targets), 1), per):
+            f_hat = zoom = None
+            for _, f_hat, zoom in self._scales(src_or_image, source_w2c, targets[i:i + per], seed, cfg, top_k, top_p,
+                                               temperature, None, use_cache, reuse_prefix, samples):
+                pass
+            images += self.decode(f_hat, zoom, samples)
+        return images
