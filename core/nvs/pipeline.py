@@ -318,10 +318,11 @@ class NVSPipeline:
     def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom=None, samples: int = 1) -> Image.Image:
         """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``):
         the full grid, or with ``fast_previews`` coarse scales at a lower grid. The first target
-        (the stream's one), averaged over its ``samples`` rows."""
+        (the stream's one); with ``samples`` > 1 the mean of its samples' maps, decoded once (a
+        preview costs one decode, not N; only the final frame is the exact pixel mean)."""
         rows = f_hat[::len(f_hat) // samples]
-        x = self._zoomed(self.tok.decode_preview(rows, pn, fast=self.fast_previews).float(), zoom)
-        return tensor_to_image(x.mean(0))
+        x = self.tok.decode_preview(rows.mean(0, keepdim=True), pn, fast=self.fast_previews)
+        return tensor_to_image(self._zoomed(x.float(), zoom)[0])
 
     def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
