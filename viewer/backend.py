@@ -37,7 +37,7 @@ DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can corr
 # (a loaded reconstruction model's config overrides both with the values it was trained around)
 RADIUS_RANGE = (1.2, 4.0)
 ELEVATION_RANGE = (-60.0, 80.0)
-MAX_SAMPLES_UI = 16            # views averaged per camera (Advanced); each costs about one view's sampling
+MAX_SAMPLES_UI = 16            # views averaged per camera (Advanced); each adds up to one view's sampling time
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 
 
@@ -304,7 +304,7 @@ class Backend:
                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95,
                     cancel: Callable[[], bool] | None = None, preview_scales=None, samples: int = 1) -> Iterator[Any]:
         """Frames of one target view, coarse first; stops early when ``cancel()`` turns True
-        or the session gets a new source. ``samples`` > 1: each frame is the mean of that many draws."""
+        or the session gets a new source. ``samples`` > 1: the mean of that many draws (NVSPipeline.stream)."""
         pipe = self.require("nvs")
         if session.source is None:
             raise UserError("drop an image first")

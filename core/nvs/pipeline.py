@@ -90,7 +90,7 @@ class SamplingError(ValueError):
 
 MAX_CFG = 50.0
 MAX_SAMPLES = 64    # views averaged per camera
-GENERATE_ROWS = 96  # rows (cameras x samples) ``generate`` samples at once: ~0.5 GB of KV cache at the shipped size
+GENERATE_ROWS = 96  # rows (cameras x samples) ``generate`` samples at once: ~1 GB of KV cache at the shipped size
 
 
 def sampling_params(vocab_size: int, seed, cfg, top_k, top_p, temperature) -> tuple[int, float, int, float, float]:
@@ -328,8 +328,9 @@ class NVSPipeline:
                top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
                cancel: Callable[[], bool] | None = None, temperature: float = 1.0, samples: int = 1) -> Iterator[Frame]:
         """One target camera, coarse to fine: a Frame after each scale in ``preview_scales``
-        (1-based; default all); the last scale is always decoded and is the final view
-        (with ``samples`` > 1, every frame is the mean of that many samples, drawn in one batch)."""
+        (1-based; default all); the last scale is always decoded and is the final view.
+        ``samples`` > 1: that many draws in one batch; the final frame is their pixel mean (as
+        ``generate``), each preview the decoded mean of their partial token maps."""
         t0 = time.perf_counter()
         S = self.num_scales
         keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
