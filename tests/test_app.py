@@ -185,6 +185,9 @@ def test_live_stream_glb_and_bad_inputs(live):
     assert len(outs) >= 3 and len(set(scales)) >= 3 and scales == sorted(scales) and "final" in labels[-1]
     sizes = {Image.open(p).size for p, _ in job.outputs()}
     assert len(sizes) == 1
+    client.predict(60, 20, 2.0, 0, 3.0, 900, 0.95, 3, api_name="/generate")  # Advanced: average of 3 samples
+    if hasattr(run.backend.nvs, "last_samples"):
+        assert run.backend.nvs.last_samples == 3
 
     glb, files, status = client.predict(True, api_name="/lift")
     assert Image.open(client.predict(api_name="/orbit")).n_frames > 1
