@@ -614,5 +614,7 @@ def test_benchmark_cli_reports_every_ratio(pipe, tmp_path):
                 "bf16_vs_fp32_speedup", "ar_vs_diffusion_50_bf16_autocast_speedup"):
         assert math.isfinite(res[key]) and res[key] > 0
     assert len(res["stream_all_previews"]["per_scale_s"]) == pipe.num_scales
-    assert res["stream_mean_of_samples"]["samples"] == 8 and res["stream_mean_of_samples"]["full_view_s"] > 0
+    mean = res["stream_mean_of_samples"]
+    assert mean["samples"] == 8 and mean["full_view_s"] > 0
+    assert mean["ar_vs_diffusion_50_same_draws_speedup"] > 0 and mean["ar_mean_vs_diffusion_50_one_draw_speedup"] > 0
     assert bench_tok(["--checkpoint", str(tmp_path / "tokenizer"), "--repeats", "1", "--threads", "1"]) == 0

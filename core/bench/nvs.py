@@ -47,26 +47,27 @@ def _source(data: str | None, size: int):
 
 
 @torch.no_grad()
-def diffusion_peer(pipe, handle, target, steps: int) -> None:
+def diffusion_peer(pipe, handle, target, steps: int, draws: int = 1) -> None:
     """``steps`` denoiser passes of the same transformer over the final G x G token grid at once
     (bidirectional, CFG-doubled batch, prefix cached), then one decode: the cost shape of a
-    latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680)."""
+    latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680).
+    ``draws``: that many samples of the camera in one batch (the peer of ``samples=N``)."""
     from core.nvs.model import KVCache
-    m = pipe.model
-    _, cond, uncond, prefix_kv, _ = pipe._prepare(handle, None, [target], cfg=3.0)
+    m, n = pipe.model, draws
+    _, cond, uncond, prefix_kv, _ = pipe._prepare(handle, None, [target] * n, cfg=3.0)
     c = torch.cat((cond, uncond))
     G = m.config.patch_nums[-1]
     kv = KVCache.preallocate(prefix_kv(), G * G)  # the prefix written once, as the AR sampler does
     book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
-    x = torch.randn(2, G * G, m.config.latent_dim)
+    x = torch.randn(2 * n, G * G, m.config.latent_dim)
     with pipe._ac():  # the pipeline's precision, as its AR sampler runs
         mods = m.modulations(c)  # per view, as the AR sampler does
         for _ in range(steps):
             h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), mods, [b.truncate() for b in kv])
             logits = m.logits(h)
-            x = (logits[:1] * 4 - logits[1:] * 3).softmax(-1) @ book  # guided x0 estimate
+            x = (logits[:n] * 4 - logits[n:] * 3).softmax(-1) @ book  # guided x0 estimate
             x = torch.cat((x, x))
-    pipe.tok.decode_fhat(x[:1].transpose(1, 2).reshape(1, -1, G, G))
+    pipe.tok.decode_fhat(x[:n].transpose(1, 2).reshape(n, -1, G, G))
 
 
 def main(argv=None) -> int:
@@ -160,6 +161,18 @@ def main(argv=None) -> int:
         res[f"ar_vs_diffusion_{steps}{suffix}_speedup"] = statistics.median(d / v for v, d in pairs)
     for steps in (25, 50):
         ratio_pairs(handle, steps)
+    if a.samples > 1:  # the mean of N views on both sides (N draws in one batch each), and against one peer draw
+        n = a.samples
+        mean_view = lambda: pipe.generate(handle, None, [targets[0]], samples=n, **kw)  # noqa: E731
+        peer_n = lambda: diffusion_peer(pipe, handle, targets[0], 50, draws=n)  # noqa: E731
+        mean_view(), peer_n()  # warm-up
+        pairs = [(_once(mean_view), _once(peer_n)) for _ in range(a.diffusion_repeats)]
+        res["stream_mean_of_samples"].update({
+            "mean_view_s": statistics.median(v for v, _ in pairs),
+            "diffusion_50_steps_same_draws_s": statistics.median(d for _, d in pairs),
+            "ar_vs_diffusion_50_same_draws_speedup": statistics.median(d / v for v, d in pairs),
+            "ar_mean_vs_diffusion_50_one_draw_speedup": res["diffusion_50_steps_s"]
+            / statistics.median(v for v, _ in pairs)})
     if not a.no_bf16:  # the same under bf16 autocast (CUDA's default; AVX-512 bf16 / AMX CPUs gain too)
         pipe.autocast, pipe._uncond_kv = True, None
         h16 = pipe.encode_source(img, src_w2c)
