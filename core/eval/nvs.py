@@ -150,8 +150,10 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from core.nvs import NVSPipeline
+    from core.nvs.pipeline import check_samples
     rows = [] if a.figure else None
     try:
+        check_samples(a.samples)  # before the models load
         pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer, device=a.device,
                                            clip_weights=a.clip_weights)
         res = evaluate(pipe, a.data, a.source_view, a.max_objects, a.seed, a.cfg, a.top_k, a.top_p, a.temperature,
