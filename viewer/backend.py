@@ -59,6 +59,13 @@ def clamp(name: str, value: Any, lo: float, hi: float) -> float:
     return finite_clamped(name, value, lo, hi, error=UserError)
 
 
+def sampling_knobs(seed, cfg, top_k, top_p, samples) -> dict[str, Any]:
+    """The Advanced knobs as the NVS pipeline takes them, clamped to the sliders' ranges."""
+    return {"seed": int(clamp("seed", seed, 0, 2**31 - 1)), "cfg": clamp("guidance", cfg, 0.0, 20.0),
+            "top_k": int(clamp("top-k", top_k, 0, 1 << 20)), "top_p": clamp("top-p", top_p, 0.0, 1.0),
+            "samples": int(clamp("samples", samples, 1, MAX_SAMPLES_UI))}
+
+
 # ----------------------------------------------------------------------------- sessions
 
 _SAFE_NAME = re.compile(r"^[a-z0-9_\-]+\.(glb|ply|obj|gif|webp|png|jpg)$")
@@ -311,11 +318,7 @@ class Backend:
         az = clamp("azimuth", azimuth, -360.0, 360.0)
         el = clamp("elevation", elevation, -89.0, 89.0)
         r = clamp("distance", radius, *RADIUS_RANGE)
-        cfg = clamp("guidance", cfg, 0.0, 20.0)
-        top_k = int(clamp("top-k", top_k, 0, 1 << 20))
-        top_p = clamp("top-p", top_p, 0.0, 1.0)
-        seed = int(clamp("seed", seed, 0, 2**31 - 1))
-        samples = int(clamp("samples", samples, 1, MAX_SAMPLES_UI))
+        knobs = sampling_knobs(seed, cfg, top_k, top_p, samples)
         target = cameras.pose_from_spherical(az, el, r)
         version = session.version
         stop = lambda: (cancel is not None and cancel()) or session.version != version  # noqa: E731
@@ -324,8 +327,8 @@ class Backend:
                 return
             try:
                 src = self._source(session)
-                frames = pipe.stream(src, session.source_w2c, target, seed=seed, cfg=cfg, top_k=top_k,
-                                     top_p=top_p, cancel=stop, preview_scales=preview_scales, samples=samples)
+                frames = pipe.stream(src, session.source_w2c, target, cancel=stop, preview_scales=preview_scales,
+                                     **knobs)
             except ValueError as e:
                 raise UserError(f"Cannot generate this view: {e}") from None
         # the lock is held per step, never across a yield: a consumer that stops iterating (a closed
@@ -361,14 +364,11 @@ class Backend:
         el = session.elevation if elevation is None else clamp("elevation", elevation, -89.0, 89.0)
         azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
-        cfg, top_p = clamp("guidance", cfg, 0.0, 20.0), clamp("top-p", top_p, 0.0, 1.0)
-        top_k, seed = int(clamp("top-k", top_k, 0, 1 << 20)), int(clamp("seed", seed, 0, 2**31 - 1))
-        samples = int(clamp("samples", samples, 1, MAX_SAMPLES_UI))
+        knobs = sampling_knobs(seed, cfg, top_k, top_p, samples)
         with self.compute:
             try:
                 src = self._source(session)
-                images = pipe.generate(src, session.source_w2c, targets, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                                       samples=samples)
+                images = pipe.generate(src, session.source_w2c, targets, **knobs)
             except ValueError as e:
                 raise UserError(f"Cannot generate these views: {e}") from None
         session.generated = list(zip(targets, images))[-8:]
