@@ -132,11 +132,17 @@ def relative_pose_spherical(source: tuple[float, float, float], target: tuple[fl
     return relative_pose(pose_from_spherical(*source), pose_from_spherical(*target))
 
 
+def check_fov(fov_deg, name: str = "fov_deg", error: type[ValueError] = CameraError) -> float:
+    """A vertical field of view in degrees as a float, or ``error`` (a CameraError) naming ``name``."""
+    if isinstance(fov_deg, bool) or not isinstance(fov_deg, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(fov_deg) and 0.0 < fov_deg < 180.0):
+        raise error(f"{name} must be a finite number of degrees in (0, 180), got {fov_deg!r}")
+    return float(fov_deg)
+
+
 def intrinsics(fov_deg: float = DEFAULT_FOV_DEG, size: int | tuple[int, int] = 256) -> np.ndarray:
     """3x3 pinhole matrix for a vertical FOV; square pixels, principal point at the centre."""
-    _finite("fov", fov_deg)
-    if not 0.0 < fov_deg < 180.0:
-        raise CameraError(f"fov must be in (0, 180) degrees, got {fov_deg}")
+    fov_deg = check_fov(fov_deg, "fov")
     h, w = (size, size) if isinstance(size, int) else size
     f = 0.5 * h / math.tan(math.radians(fov_deg) / 2)
     return np.array([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=np.float32)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core import cameras
 from core.cli import device_arg, report_input_errors
+from core.nvs.sampling import SamplingParams
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -38,7 +39,7 @@ def input_camera(a) -> tuple[float, float]:
     """The photo's (elevation, distance): the flags, else what the app assumes: the reconstruction
     checkpoint's training defaults when it has them (17.6 deg, 2 for the shipped one), else 20 deg, 2."""
     from core.checkpoint import CheckpointError, load_config
-    from core.recon.model import ReconConfig
+    from core.recon.config import ReconConfig
     try:
         cfg = load_config(Path(a.checkpoints) / "recon")
     except CheckpointError:
@@ -63,7 +64,6 @@ def cmd_views(a) -> dict:
     el = in_el if a.elevation is None else a.elevation
     r = in_r if a.distance is None else a.distance
     targets = [(az, cameras.pose_from_spherical(az, el, r)) for az in a.azimuth]
-    knobs = dict(seed=a.seed, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p, samples=a.samples)
     t0 = time.perf_counter()
     src = pipe.encode_source(photo.image, src_w2c)   # encoded once, reused for every camera
     results = [("input.png", photo.image)]           # written once every view is made: a bad camera writes nothing
@@ -72,16 +72,16 @@ def cmd_views(a) -> dict:
         for az, w2c in tqdm(targets, desc="views", disable=a.quiet):
             name = f"view_az{az:g}_el{el:g}_r{r:g}"
             results += [(f"{name}.png" if f.is_final else f"{name}_scale{f.scale:02d}.png", f.image)
-                        for f in pipe.stream(src, None, w2c, **knobs)]
+                        for f in pipe.stream(src, None, w2c, a.sampling)]
     else:
-        images = pipe.generate(src, None, [w for _, w in targets], **knobs)
+        images = pipe.generate(src, None, [w for _, w in targets], a.sampling)
         results += [(f"view_az{az:g}_el{el:g}_r{r:g}.png", im) for (az, _), im in zip(targets, images)]
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     for name, im in results:
         im.save(out / name)
     return {"out": str(out), "files": [n for n, _ in results], "n_views": len(targets), "input_elevation": in_el,
-            "seconds": round(seconds, 3), "input_note": photo.note, **knobs}
+            "seconds": round(seconds, 3), "input_note": photo.note, **a.sampling.to_dict()}
 
 
 def cmd_lift(a) -> dict:
@@ -103,7 +103,7 @@ def cmd_lift(a) -> dict:
     if a.with_views:
         nvs = load_nvs(Path(a.checkpoints), a.device)
         around = cameras.orbit(a.with_views + 1, in_el, in_r)[1:]  # all but the photo's
-        images += nvs.generate(nvs.encode_source(photo.image, src_w2c), None, around, seed=a.seed)
+        images += nvs.generate(nvs.encode_source(photo.image, src_w2c), None, around, a.sampling)
         cams += around
     t_views = time.perf_counter() - t0
     scene = recon.reconstruct(images, cams)
@@ -130,9 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="camera distance of the photo (default: as the app, 2 for the shipped models)")
     common.add_argument("--keep-background", action="store_true", help="do not cut out a plain background")
     common.add_argument("--foreground-ratio", type=float, default=0.85, help="object size over image size")
-    common.add_argument("--seed", type=int, default=0)
     common.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:1, ...")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
+    SamplingParams.add_arguments(common.add_argument_group("sampling (views, and lift --with-views)"))
     v = sub.add_parser("views", parents=[common], help="novel views of the photo's object")
     v.add_argument("--out", required=True, metavar="DIR", help="folder for input.png and one PNG per view")
     v.add_argument("--azimuth", type=float, nargs="+", default=[60.0, 120.0, 180.0, 240.0, 300.0],
@@ -140,11 +140,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--elevation", type=float, default=None, help="target elevation (default: the input's)")
     v.add_argument("--distance", type=float, default=None, help="target distance (default: the input's)")
     v.add_argument("--previews", action="store_true", help="also write every coarse-to-fine preview frame")
-    v.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance (ArchonView's default 3)")
-    v.add_argument("--top-k", type=int, default=900)
-    v.add_argument("--top-p", type=float, default=0.95)
-    v.add_argument("--samples", type=int, default=1, metavar="N",
-                   help="write the mean of N sampled views per camera: nearer the expected view, softer (default 1)")
     lift = sub.add_parser("lift", parents=[common], help="a 3D mesh of the photo's object")
     lift.add_argument("--out", required=True, metavar="FILE", help="mesh file: .glb (+Y up), .ply or .obj (+Z up)")
     lift.add_argument("--with-views", type=int, default=0, metavar="N",
@@ -158,6 +153,7 @@ def main(argv=None) -> int:
     from core.report import emit_json
 
     def run() -> int:
+        a.sampling = SamplingParams.from_args(a)  # a bad knob: one error line, before any model loads
         emit_json({"command": a.command, **(cmd_views(a) if a.command == "views" else cmd_lift(a))})
         return 0
     return report_input_errors(run, PhotoArgumentError)  # named: its module is __main__ under -m

@@ -76,6 +76,21 @@ def test_handlers_end_to_end(handlers, tmp_path):
     assert not session.folder.exists()
 
 
+@pytest.mark.parametrize("max_views", [8, 3])
+def test_lift_with_a_full_strip_takes_what_the_loaded_model_takes(tmp_path, max_views):
+    """A strip of 12 views (the most the UI makes) plus the photo is 13 images; the lift must hand
+    the model no more than its checkpoint's ``max_views``, spread around the orbit."""
+    from core.recon import ReconConfig
+    recon = FakeRecon(ReconConfig(max_views=max_views))
+    h = Handlers(Backend(FakeNVS(), recon, sessions=SessionStore(tmp_path / "s")), extra_read_roots=[tmp_path])
+    token = h.new_session()[0]
+    h.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
+    assert len(h.views_around(token, 12, 0, 3.0, 900, 0.95)) == 12
+    list(h.generate(token, 10, 20, 2.0, 0, 3.0, 900, 0.95))   # one more single view on top of the strip
+    glb, files, status = h.lift(token, True, progress=None)
+    assert recon.last_views == max_views and "Mesh ready" in status
+
+
 def test_handlers_refuse_paths_outside_upload_folders(handlers):
     token = handlers.new_session()[0]
     with pytest.raises(gr.Error, match="outside"):

@@ -276,7 +276,8 @@ def test_nvs_cameras_and_sampling_knobs(tiny):
             nvs.generate(src, SRC, [TGT], **kw)
     V = nvs.model.config.vocab_size
     same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
-    ref = nvs.generate(src, SRC, [TGT], seed=3, top_k=V, top_p=1.0, cfg=50.0)[0]
+    from core.nvs.sampling import KNOBS
+    ref = nvs.generate(src, SRC, [TGT], seed=3, top_k=V, top_p=1.0, cfg=KNOBS["cfg"].hi)[0]
     assert same(nvs.generate(src, SRC, [TGT], seed=3, top_k=10 ** 9, top_p=7.0, cfg=1e6)[0], ref)  # clamped
     frames = list(nvs.stream(src, SRC, TGT, seed=3, top_k=10 ** 9, top_p=7.0, cfg=1e6))
     assert frames[-1].is_final and same(frames[-1].image, ref)
@@ -310,7 +311,7 @@ def test_ui_knobs_clamp_or_say_what_is_wrong(tmp_path):
     h.process(token, {"path": str(tmp_path / "o.png")}, True, 0.85, 20)
     for args, name in (((float("nan"), 20, 2.0, 0, 3, 900, 0.95), "azimuth"),
                        ((30, 20, 2.0, float("nan"), 3, 900, 0.95), "seed"),
-                       ((30, 20, 2.0, 0, 3, float("inf"), 0.95), "top-k"),
+                       ((30, 20, 2.0, 0, 3, float("inf"), 0.95), "top_k"),
                        ((30, 20, float("-inf"), 0, 3, 900, 0.95), "distance")):
         with pytest.raises(gr.Error, match=name):
             list(h.generate(token, *args))

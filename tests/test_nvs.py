@@ -15,6 +15,7 @@ from core.checkpoint import CheckpointError
 from core.data.io import image_to_tensor, read_view, tensor_to_image, write_meta, write_view, zoom_images
 from core.nvs import Frame, NVSConfig, NVSPipeline, NVSTransformer
 from core.nvs.pipeline import tokenizer_fingerprint
+from core.nvs.sampling import SamplingParams
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
 
 TOK_CFG = dict(resolution=32, patch_size=4, ch=16, ch_mult=(1, 2), norm_groups=8, vocab_size=64, latent_dim=8,
@@ -149,9 +150,11 @@ def test_teacher_forcing_matches_cached_sampling(pipe):
     m, tok = pipe.model, pipe.tok
     h = pipe.encode_source(blob(), SRC)
     from core.nvs.sampling import next_scale_sample
-    _, cond, _, kv, _ = pipe._prepare(h, None, TGTS[:1], cfg=0)
+    greedy = SamplingParams(cfg=0, temperature=0.0)
+    batch = pipe.prepare(h, None, TGTS[:1], greedy)
     src = torch.cat(h.indices, 1)
-    idx = [i for _, _, i in next_scale_sample(m, tok, cond, None, kv, temperature=0.0, src_idx=src)]
+    idx = [i for _, _, i in next_scale_sample(m, tok, batch.cond, None, lambda: pipe.prefix_kv(batch), greedy,
+                                              src_idx=src)]
     rel = torch.from_numpy(cameras.relative_pose(SRC, TGTS[0]))[None]
     with torch.no_grad():
         logits = m(h.embedding, rel, h.codes, tok.teacher_forcing_inputs(idx), src_idx=src)
@@ -190,10 +193,15 @@ def test_open_copy_gate_reproduces_the_source_at_zero_pose(tok):
 
 
 def test_kv_cache_equals_full_recompute_and_prefix_reuse(pipe):
+    """The benchmark's baselines (no KV cache; prefix re-encoded) draw the pipeline's own views."""
+    from core.bench.nvs import sample_baseline
+    sp = SamplingParams(seed=3, cfg=2.0, top_k=20, top_p=0.9)
     h = pipe.encode_source(blob(), SRC)
-    a = pipe.generate(h, None, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9)
-    b = pipe.generate(h, None, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9, use_cache=False)
-    c = pipe.generate(blob(), SRC, TGTS[:2], seed=3, cfg=2.0, top_k=20, top_p=0.9, reuse_prefix=False)
+    a = pipe.generate(h, None, TGTS[:2], sp)
+    batch = pipe.prepare(h, None, TGTS[:2], sp)
+    b = pipe.decode(sample_baseline(pipe, batch, sp, use_cache=False))
+    batch = pipe.prepare(blob(), SRC, TGTS[:2], sp)
+    c = pipe.decode(sample_baseline(pipe, batch, sp, use_cache=True))
     for x, y, z in zip(a, b, c):
         assert np.abs(arr(x) - arr(y)).max() <= 1 and np.abs(arr(x) - arr(z)).max() <= 1
 
@@ -201,15 +209,17 @@ def test_kv_cache_equals_full_recompute_and_prefix_reuse(pipe):
 def test_no_cache_baseline_caches_nothing(pipe, monkeypatch):
     """The benchmark's no-KV-cache path re-runs the source prefix at every scale (its cache is a KV
     cache too); the cached path runs it never (the handle holds it) and the null prefix once."""
+    from core.bench.nvs import sample_baseline
     h = pipe.encode_source(blob(), SRC)
-    pipe._uncond_kv = None
+    pipe.set_autocast(pipe.autocast)  # drops the cached null prefix
     calls = []
     real = pipe.model.encode_prefix
     monkeypatch.setattr(pipe.model, "encode_prefix", lambda *a, **k: calls.append(1) or real(*a, **k))
     pipe.generate(h, None, TGTS[:1], cfg=2.0)
     assert len(calls) == 1  # the null (unconditional) prefix, cached for good afterwards
     calls.clear()
-    pipe.generate(h, None, TGTS[:1], cfg=2.0, use_cache=False)
+    sp = SamplingParams(cfg=2.0)
+    sample_baseline(pipe, pipe.prepare(h, None, TGTS[:1], sp), sp, use_cache=False)
     assert len(calls) == 2 * pipe.num_scales  # source and null prefix, at every scale
 
 

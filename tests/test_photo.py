@@ -55,7 +55,7 @@ def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys)
     (["views", str(ROOT / "no-such-photo.png")], "views", "no such file"),
     (["views", PHOTO, "--input-elevation", "nan"], "views", "finite"),
     (["views", PHOTO, "--samples", "0"], "views", "samples must be"),
-    (["views", PHOTO, "--cfg", "-1"], "views", "cfg (guidance) must be"),
+    (["views", PHOTO, "--cfg", "-1"], "views", "cfg must be"),
     (["lift", PHOTO, "--with-views", "9"], "x.glb", "--with-views"),
     (["lift", PHOTO], "x.stl", "use a .glb"),
 ])

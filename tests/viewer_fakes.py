@@ -14,6 +14,9 @@ import trimesh
 from PIL import Image
 
 from core import cameras
+from core.nvs.sampling import SamplingParams
+from core.recon.config import ReconConfig
+from core.recon.pipeline import check_view_count
 
 
 @dataclass
@@ -51,10 +54,11 @@ class FakeNVS:
         arr = np.clip(arr.astype(int) + np.array([tint, 0, -tint]), 0, 255).astype(np.uint8)
         return Image.fromarray(arr)
 
-    def stream(self, src, source_w2c, target_w2c, seed=0, cfg=3.0, top_k=900, top_p=0.95,
-               preview_scales=None, cancel=None, samples=1):
+    def stream(self, src, source_w2c, target_w2c, sampling=None, preview_scales=None, cancel=None):
+        """NVSPipeline.stream's signature: the knobs arrive as one SamplingParams."""
+        sampling = SamplingParams.of(sampling)
         self.calls += 1
-        self.last_samples = samples
+        self.last_samples = sampling.samples
         t0 = time.perf_counter()
         full = self._target(src, source_w2c, target_w2c)
         S = len(self.patch_nums)
@@ -69,8 +73,8 @@ class FakeNVS:
             img = full.resize((pn, pn), Image.Resampling.BOX).resize((self.resolution,) * 2, Image.Resampling.NEAREST)
             yield FakeFrame(img, si + 1, S, time.perf_counter() - t0, si == S - 1)
 
-    def generate(self, src, source_w2c, target_w2cs, seed=0, samples=1, **kw):
-        self.last_samples = samples
+    def generate(self, src, source_w2c, target_w2cs, sampling=None):
+        self.last_samples = SamplingParams.of(sampling).samples
         return [self._target(src, source_w2c, t) for t in target_w2cs]
 
 
@@ -98,7 +102,16 @@ class FakeScene:
 
 
 class FakeRecon:
+    """Enforces the real model's limits (its default config's ``max_views``), so a viewer that
+    hands it more views than a checkpoint takes fails here as it would with the real one."""
+
+    def __init__(self, config: ReconConfig | None = None):
+        self.config = config or ReconConfig()
+        self.last_views = 0
+
     def reconstruct(self, images, cameras_, fov_deg=None):
+        check_view_count(len(images), self.config.max_views)
+        self.last_views = len(images)
         mean = np.asarray(images[0].convert("RGB"), np.float32).reshape(-1, 3).mean(0)
         return FakeScene(mean.astype(np.uint8))
 

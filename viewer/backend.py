@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from core import cameras
+from core.nvs.sampling import SamplingError, SamplingParams
 from core.preprocess import ImageInputError, finite_clamped, PreprocessResult, load_input_image, preprocess
 
 log = logging.getLogger("vantage.viewer")
@@ -37,7 +38,7 @@ DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can corr
 # (a loaded reconstruction model's config overrides both with the values it was trained around)
 RADIUS_RANGE = (1.2, 4.0)
 ELEVATION_RANGE = (-60.0, 80.0)
-MAX_SAMPLES_UI = 16            # views averaged per camera (Advanced); each adds up to one view's sampling time
+MAX_STRIP_VIEWS = 12          # views in one strip; the session keeps the last strip's (or as many single views)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 
 
@@ -59,11 +60,20 @@ def clamp(name: str, value: Any, lo: float, hi: float) -> float:
     return finite_clamped(name, value, lo, hi, error=UserError)
 
 
-def sampling_knobs(seed, cfg, top_k, top_p, samples) -> dict[str, Any]:
-    """The Advanced knobs as the NVS pipeline takes them, clamped to the sliders' ranges."""
-    return {"seed": int(clamp("seed", seed, 0, 2**31 - 1)), "cfg": clamp("guidance", cfg, 0.0, 20.0),
-            "top_k": int(clamp("top-k", top_k, 0, 1 << 20)), "top_p": clamp("top-p", top_p, 0.0, 1.0),
-            "samples": int(clamp("samples", samples, 1, MAX_SAMPLES_UI))}
+def ui_sampling(seed, cfg, top_k, top_p, samples=1) -> SamplingParams:
+    """The Advanced knobs as one ``SamplingParams``, each clamped into its slider's range
+    (``KNOBS[...].ui_range``); a knob that is not a finite number is a ``UserError``."""
+    try:
+        return SamplingParams.from_ui(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, samples=samples)
+    except SamplingError as e:
+        raise UserError(str(e)) from None
+
+
+def spread(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spaced (views kept for a lift cover the whole orbit)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)] if n > 0 else []
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -246,6 +256,11 @@ class Backend:
     def recon_ready(self) -> bool:
         return self.recon is not None
 
+    @property
+    def max_lift_views(self) -> int:
+        """Views the loaded reconstruction model takes at once (its checkpoint's ``max_views``)."""
+        return int(self.require("recon").config.max_views)
+
     def status_markdown(self) -> str:
         lines = []
         for name, label in (("nvs", "Novel views"), ("recon", "Lift to 3D")):
@@ -308,17 +323,17 @@ class Backend:
     # ------------------------------------------------------------------ novel views
 
     def stream_view(self, session: Session, azimuth: float, elevation: float, radius: float,
-                    seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95,
-                    cancel: Callable[[], bool] | None = None, preview_scales=None, samples: int = 1) -> Iterator[Any]:
+                    sampling: SamplingParams | None = None, cancel: Callable[[], bool] | None = None,
+                    preview_scales=None) -> Iterator[Any]:
         """Frames of one target view, coarse first; stops early when ``cancel()`` turns True
-        or the session gets a new source. ``samples`` > 1: the mean of that many draws (NVSPipeline.stream)."""
+        or the session gets a new source. ``sampling.samples`` > 1: the mean of that many draws."""
         pipe = self.require("nvs")
         if session.source is None:
             raise UserError("drop an image first")
         az = clamp("azimuth", azimuth, -360.0, 360.0)
         el = clamp("elevation", elevation, -89.0, 89.0)
         r = clamp("distance", radius, *RADIUS_RANGE)
-        knobs = sampling_knobs(seed, cfg, top_k, top_p, samples)
+        sampling = SamplingParams.of(sampling)
         target = cameras.pose_from_spherical(az, el, r)
         version = session.version
         stop = lambda: (cancel is not None and cancel()) or session.version != version  # noqa: E731
@@ -327,8 +342,8 @@ class Backend:
                 return
             try:
                 src = self._source(session)
-                frames = pipe.stream(src, session.source_w2c, target, cancel=stop, preview_scales=preview_scales,
-                                     **knobs)
+                frames = pipe.stream(src, session.source_w2c, target, sampling, preview_scales=preview_scales,
+                                     cancel=stop)
             except ValueError as e:
                 raise UserError(f"Cannot generate this view: {e}") from None
         # the lock is held per step, never across a yield: a consumer that stops iterating (a closed
@@ -346,7 +361,7 @@ class Backend:
             if frame.is_final and session.version == version:
                 session.generated = [g for g in session.generated
                                      if not np.allclose(g[0], target, atol=1e-4)] + [(target, frame.image)]
-                session.generated = session.generated[-8:]
+                session.generated = session.generated[-MAX_STRIP_VIEWS:]
             yield frame
 
     def sparse_previews(self, fractions=(0.3, 0.6, 0.8)) -> list[int] | None:
@@ -356,22 +371,21 @@ class Backend:
         return None if not S else sorted({max(1, math.ceil(S * f)) for f in fractions} | {S})
 
     def views_around(self, session: Session, n: int = 6, elevation: float | None = None,
-                     seed: int = 0, cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95, samples: int = 1
-                     ) -> list[tuple[Image.Image, str]]:
+                     sampling: SamplingParams | None = None) -> list[tuple[Image.Image, str]]:
         """A strip of ``n`` generated views around the object (batch generation)."""
         pipe = self.require("nvs")
-        n = int(clamp("number of views", n, 1, 12))
+        n = int(clamp("number of views", n, 1, MAX_STRIP_VIEWS))
         el = session.elevation if elevation is None else clamp("elevation", elevation, -89.0, 89.0)
         azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
-        knobs = sampling_knobs(seed, cfg, top_k, top_p, samples)
+        sampling = SamplingParams.of(sampling)
         with self.compute:
             try:
                 src = self._source(session)
-                images = pipe.generate(src, session.source_w2c, targets, **knobs)
+                images = pipe.generate(src, session.source_w2c, targets, sampling)
             except ValueError as e:
                 raise UserError(f"Cannot generate these views: {e}") from None
-        session.generated = list(zip(targets, images))[-8:]
+        session.generated = list(zip(targets, images))
         return [(im, f"azimuth {a:.0f}°") for im, a in zip(images, azs)]
 
     # ------------------------------------------------------------------ 3D
@@ -388,12 +402,17 @@ class Backend:
         mesh_resolution = int(clamp("mesh resolution", mesh_resolution, 32, 512))
         say = progress or (lambda f, m: None)
         images, cams = [session.source.image], [session.source_w2c]
+        note = ""
         if use_generated:
-            for w2c, im in session.generated:
+            # the photo plus as many generated views as the loaded model takes, spread around the orbit
+            kept = spread(session.generated, self.max_lift_views - 1)
+            if len(kept) < len(session.generated):
+                note = f" ({len(kept)} of {len(session.generated)} generated views: the model takes {self.max_lift_views})"
+            for w2c, im in kept:
                 images.append(im)
                 cams.append(w2c)
         version = session.version
-        say(0.05, f"reconstructing from {len(images)} view(s)")
+        say(0.05, f"reconstructing from {len(images)} view(s){note}")
         with self.compute:
             try:
                 scene = pipe.reconstruct(images, cams)

@@ -18,7 +18,8 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from viewer.backend import ELEVATION_RANGE, MAX_SAMPLES_UI, RADIUS_RANGE, Backend, UserError, gpu
+from core.nvs.sampling import KNOBS, SamplingParams
+from viewer.backend import ELEVATION_RANGE, MAX_STRIP_VIEWS, RADIUS_RANGE, Backend, UserError, gpu, ui_sampling
 
 log = logging.getLogger("vantage.viewer")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -101,8 +102,8 @@ class Handlers:
         session = self._session(token)
         t0 = time.perf_counter()
         try:
-            for f in self.backend.stream_view(session, azimuth, elevation, distance, seed=seed,
-                                              cfg=guidance, top_k=top_k, top_p=top_p, samples=samples):
+            sampling = ui_sampling(seed, guidance, top_k, top_p, samples)
+            for f in self.backend.stream_view(session, azimuth, elevation, distance, sampling):
                 tag = "final" if f.is_final else "preview"
                 yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s"
         except UserError as e:
@@ -110,9 +111,9 @@ class Handlers:
 
     def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float,
                      samples: float = 1):
-        try:
-            return self.backend.views_around(self._session(token), n, seed=seed, cfg=guidance, top_k=top_k,
-                                             top_p=top_p, samples=samples)  # the backend clamps (NaN: an error)
+        try:  # every knob is clamped into its slider's range (NaN: an error)
+            return self.backend.views_around(self._session(token), n,
+                                             sampling=ui_sampling(seed, guidance, top_k, top_p, samples))
         except UserError as e:
             raise gr.Error(str(e)) from None
 
@@ -183,11 +184,13 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                 elevation_t = gr.Slider(-30, 80, value=round(backend.default_elevation), step=1, label="Elevation (degrees)")
                 distance = gr.Slider(*RADIUS_RANGE, value=round(backend.default_radius, 2), step=0.05, label="Distance")
                 with gr.Accordion("Advanced", open=False):
-                    seed = gr.Number(value=0, precision=0, label="Seed")
-                    guidance = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance (CFG)")
-                    top_k = gr.Slider(0, 4096, value=900, step=1, label="Top-k (0 = off)")
-                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
-                    samples = gr.Slider(1, MAX_SAMPLES_UI, value=1, step=1, label="Average of N samples",
+                    d = SamplingParams()  # defaults and ranges: core.nvs.sampling.KNOBS
+                    seed = gr.Number(value=d.seed, precision=0, label="Seed")
+                    guidance = gr.Slider(*KNOBS["cfg"].ui_range, value=d.cfg, step=0.1, label="Guidance (CFG)")
+                    top_k = gr.Slider(*KNOBS["top_k"].ui_range, value=d.top_k, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(*KNOBS["top_p"].ui_range, value=d.top_p, step=0.01, label="Top-p (0 or 1 = off)")
+                    samples = gr.Slider(*KNOBS["samples"].ui_range, value=d.samples, step=1,
+                                        label="Average of N samples",
                                         info="The mean of N drawn views: nearer the expected view (higher PSNR), "
                                              "softer, N times the sampling. Generate and the strip; the 3D view "
                                              "draws one.")
@@ -196,7 +199,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                                     elem_id="novel-view")
                 view_label = gr.Markdown("", elem_id="novel-view-label")
                 with gr.Row():
-                    n_views = gr.Slider(2, 12, value=6, step=1, label="Views around the object")
+                    n_views = gr.Slider(2, MAX_STRIP_VIEWS, value=6, step=1, label="Views around the object")
                     strip_btn = gr.Button("Generate strip", interactive=nvs_on)
                 strip = gr.Gallery(label="Views around the object", columns=6, height=180)
         gr.Markdown("### 3D view (drag to orbit: every move generates that view)")

@@ -46,6 +46,34 @@ def _source(data: str | None, size: int):
     return img, cameras.pose_from_spherical(0, 20, 2.0)
 
 
+def reencoded_prefix_kv(pipe, batch) -> list:
+    """Every row's prefix keys/values encoded afresh (source and null prefix): what a pipeline
+    without the prefix cache pays for each camera, or, without the KV cache, at every scale."""
+    from core.nvs.sampling import cat_kv, expand_kv
+    m, h = pipe.model, batch.handle
+    with torch.no_grad(), pipe.precision():
+        if m.config.prefix_cond == "full":
+            kv = m.encode_prefix(m.embed_prefix(h.codes).expand(batch.rows, -1, -1), batch.cond)
+        else:
+            kv = expand_kv(m.encode_prefix(m.embed_prefix(h.codes), m.source_condition(h.embedding)), batch.rows)
+        if batch.uncond is not None:
+            kv = cat_kv(kv, expand_kv(m.encode_prefix(m.null_prefix(1), m.null_condition(1)), batch.rows))
+    return kv
+
+
+def sample_baseline(pipe, batch, sampling, use_cache: bool) -> torch.Tensor:
+    """The final f_hat of ``batch`` sampled with the prefix re-encoded, with the KV cache or
+    (``use_cache=False``) re-running the prefix and every earlier scale at each scale."""
+    from core.nvs.sampling import next_scale_sample
+    it = next_scale_sample(pipe.model, pipe.tok, batch.cond, batch.uncond, lambda: reencoded_prefix_kv(pipe, batch),
+                           sampling, batch.seeds, use_cache=use_cache, src_idx=batch.src_idx)
+    f_hat = None
+    with torch.no_grad(), pipe.precision():
+        for _, f_hat, _ in it:
+            pass
+    return f_hat
+
+
 @torch.no_grad()
 def diffusion_peer(pipe, handle, target, steps: int, draws: int = 1) -> None:
     """``steps`` denoiser passes of the same transformer over the final G x G token grid at once
@@ -53,14 +81,15 @@ def diffusion_peer(pipe, handle, target, steps: int, draws: int = 1) -> None:
     latent/discrete diffusion sampler on the same grid (conservative: 256 tokens, not 680).
     ``draws``: that many samples of the camera in one batch (the peer of ``samples=N``)."""
     from core.nvs.model import KVCache
+    from core.nvs.sampling import SamplingParams
     m, n = pipe.model, draws
-    _, cond, uncond, prefix_kv, _ = pipe._prepare(handle, None, [target] * n, cfg=3.0)
-    c = torch.cat((cond, uncond))
+    batch = pipe.prepare(handle, None, [target] * n, SamplingParams(cfg=3.0))
+    c = torch.cat((batch.cond, batch.uncond))
     G = m.config.patch_nums[-1]
-    kv = KVCache.preallocate(prefix_kv(), G * G)  # the prefix written once, as the AR sampler does
+    kv = KVCache.preallocate(pipe.prefix_kv(batch), G * G)  # the prefix written once, as the AR sampler does
     book = pipe.tok.lookup(torch.arange(m.config.vocab_size)[None])[0]
     x = torch.randn(2 * n, G * G, m.config.latent_dim)
-    with pipe._ac():  # the pipeline's precision, as its AR sampler runs
+    with pipe.precision():  # the pipeline's precision, as its AR sampler runs
         mods = m.modulations(c)  # per view, as the AR sampler does
         for _ in range(steps):
             h, _ = m.run(m.embed_scale(m.config.num_scales - 1, x), mods, [b.truncate() for b in kv])
@@ -88,12 +117,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from core import cameras
     from core.nvs import NVSPipeline
+    from core.nvs.sampling import SamplingParams
     pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer)
     img, src_w2c = _source(a.data, pipe.resolution)
     # 10 % farther than the source: a distance_zoom model pays for scaling every frame
     targets = cameras.orbit(8, 20, 1.1 * float(cameras.spherical_from_pose(src_w2c)[2]), 45.0)
     S, R = pipe.num_scales, a.repeats
-    kw = dict(seed=0, cfg=3.0, top_k=900, top_p=0.95)
+    sp = SamplingParams()  # ArchonView's demo settings, one sample
     res: dict = {"device": "cpu", "threads": a.threads, "resolution": pipe.resolution, "num_scales": S,
                  "num_tokens": pipe.model.config.num_tokens,
                  "params_transformer_M": sum(p.numel() for p in pipe.model.parameters()) / 1e6,
@@ -104,7 +134,7 @@ def main(argv=None) -> int:
 
     def stream_once(preview=None):
         return [(f.scale, f.elapsed_s, dict(f.timings)) for f in
-                pipe.stream(handle, None, targets[0], preview_scales=preview, **kw)]
+                pipe.stream(handle, None, targets[0], sp, preview_scales=preview)]
     runs = [stream_once() for _ in range(R + 1)][1:]
     first = statistics.median(r[0][1] for r in runs)
     full = statistics.median(r[-1][1] for r in runs)
@@ -117,9 +147,12 @@ def main(argv=None) -> int:
                                          "full_view_s": statistics.median(r[-1][1] for r in few)}
 
     def ar(use_cache=True, h=handle):
-        for _ in pipe._scales(h, None, [targets[0]], kw["seed"], kw["cfg"], kw["top_k"], kw["top_p"], 1.0, None,
-                              use_cache=use_cache):
-            pass
+        batch = pipe.prepare(h, None, [targets[0]], sp)
+        if use_cache:
+            for _ in pipe.sample(batch, sp):
+                pass
+        else:
+            sample_baseline(pipe, batch, sp, use_cache=False)
     res["ar_sampling_kv_cache_s"] = _median(ar, R)
     res["ar_sampling_no_kv_cache_s"] = _median(lambda: ar(False), R)
     res["kv_cache_speedup"] = res["ar_sampling_no_kv_cache_s"] / res["ar_sampling_kv_cache_s"]
@@ -129,15 +162,16 @@ def main(argv=None) -> int:
     def reuse():
         h = pipe.encode_source(img, src_w2c)
         for t in targets:
-            pipe.generate(h, None, [t], **kw)
+            pipe.generate(h, None, [t], sp)
 
-    def no_reuse():
+    def no_reuse():  # the source encoded and its prefix run again for every camera
         for t in targets:
-            pipe.generate(img, src_w2c, [t], reuse_prefix=False, **kw)
+            batch = pipe.prepare(pipe.encode_source(img, src_w2c), None, [t], sp)
+            pipe.decode(sample_baseline(pipe, batch, sp, use_cache=True), batch.zoom)
     res["8_cameras_prefix_reused_s"] = _median(reuse, max(1, R // 2))
     res["8_cameras_prefix_reencoded_s"] = _median(no_reuse, max(1, R // 2))
     res["prefix_reuse_speedup"] = res["8_cameras_prefix_reencoded_s"] / res["8_cameras_prefix_reused_s"]
-    res["8_cameras_one_batch_s"] = _median(lambda: pipe.generate(handle, None, targets, **kw), max(1, R // 2))
+    res["8_cameras_one_batch_s"] = _median(lambda: pipe.generate(handle, None, targets, sp), max(1, R // 2))
 
     def ratio_pairs(h, steps: int, suffix: str = "") -> None:
         """AR view (sampling + one decode) and diffusion peer timed back to back in each pair, so a
@@ -154,13 +188,14 @@ def main(argv=None) -> int:
         ratio_pairs(handle, steps)
     if a.samples > 1:  # the posterior-mean view (NVSPipeline samples=N): streamed, and against the peer
         n = a.samples      # drawing N too (both N draws in one batch) and against one peer draw
+        spn = SamplingParams(samples=n)
 
         def mean_stream(preview=None, repeats=R):
-            return [[f.elapsed_s for f in pipe.stream(handle, None, targets[0], samples=n, preview_scales=preview,
-                                                      **kw)] for _ in range(repeats)]
+            return [[f.elapsed_s for f in pipe.stream(handle, None, targets[0], spn, preview_scales=preview)]
+                    for _ in range(repeats)]
         mean_stream(repeats=1)  # warm-up
         every, two = mean_stream(), mean_stream([1, S // 2])
-        mean_view = lambda: pipe.generate(handle, None, [targets[0]], samples=n, **kw)  # noqa: E731
+        mean_view = lambda: pipe.generate(handle, None, [targets[0]], spn)  # noqa: E731
         peer_n = lambda: diffusion_peer(pipe, handle, targets[0], 50, draws=n)  # noqa: E731
         peer_n()  # warm-up
         pairs = [(_once(mean_view), _once(peer_n)) for _ in range(a.diffusion_repeats)]
@@ -173,12 +208,12 @@ def main(argv=None) -> int:
             "ar_vs_diffusion_50_same_draws_speedup": statistics.median(d / v for v, d in pairs),
             "ar_mean_vs_diffusion_50_one_draw_speedup": res["diffusion_50_steps_s"] / view_s}
     if not a.no_bf16:  # the same under bf16 autocast (CUDA's default; AVX-512 bf16 / AMX CPUs gain too)
-        pipe.autocast, pipe._uncond_kv = True, None
+        pipe.set_autocast(True)
         h16 = pipe.encode_source(img, src_w2c)
         res["ar_sampling_bf16_autocast_s"] = _median(lambda: ar(h=h16), R)
         res["bf16_vs_fp32_speedup"] = res["ar_sampling_kv_cache_s"] / res["ar_sampling_bf16_autocast_s"]
         ratio_pairs(h16, 50, "_bf16_autocast")
-        pipe.autocast, pipe._uncond_kv = False, None
+        pipe.set_autocast(False)
     res["targets"] = {"first_preview_le_0.1s": first <= 0.1, "full_view_le_1s": full <= 1.0,
                       "kv_cache_ge_3x": res["kv_cache_speedup"] >= 3, "ar_vs_diffusion50_ge_8x":
                       res["ar_vs_diffusion_50_speedup"] >= 8}

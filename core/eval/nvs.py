@@ -22,6 +22,7 @@ import numpy as np
 from core import cameras, metrics
 from core.cli import device_arg
 from core.data.io import DataError, image_to_tensor, index_objects, read_view, tensor_to_image, zoom_images
+from core.nvs.sampling import SamplingParams
 from core.report import emit_json
 
 
@@ -33,12 +34,13 @@ def scaled_copy(src, targets: list, fov_deg: float) -> list:
     return [tensor_to_image(v) for v in z]
 
 
-def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = None, seed: int = 0,
-             cfg: float = 3.0, top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0,
+def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: int | None = None,
              zero_pose: bool = True, max_views: int | None = None, progress: bool = False, split: str | None = "val",
-             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4, samples: int = 1) -> dict:
-    """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data``; when ``figure_rows``
-    is a list, (source, [(generated, ground truth), ...]) of the first objects are appended."""
+             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4) -> dict:
+    """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data`` with ``sampling`` (a
+    ``SamplingParams``, default one sample at the demo settings); when ``figure_rows`` is a list,
+    (source, [(generated, ground truth), ...]) of the first objects are appended."""
+    sampling = SamplingParams.of(sampling)
     objs = index_objects(Path(data), split)  # a plain folder of objects has no split: all of it
     objs = objs[:max_objects] if max_objects else objs
     if not objs:
@@ -62,8 +64,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
                                     embedding=src.embedding if pipe.model.config.embedder != "cnn" else None)
         preds = []
         for i in range(0, len(gts), batch):
-            preds += pipe.generate(handle, None, [g.w2c for g in gts[i:i + batch]], seed=seed, cfg=cfg, top_k=top_k,
-                                   top_p=top_p, temperature=temperature, samples=samples)
+            preds += pipe.generate(handle, None, [g.w2c for g in gts[i:i + batch]], sampling)
         secs += time.perf_counter() - t0
         nviews += len(preds)
         ps = [metrics.psnr(p, g.image) for p, g in zip(preds, gts)]
@@ -77,8 +78,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
                "baseline_copy_ssim": float(np.mean(bs)), "baseline_scaled_copy_psnr": float(np.mean(sp)),
                "baseline_scaled_copy_ssim": float(np.mean(sc)), "n_views": len(preds), "views": targets}
         if zero_pose:
-            z = pipe.generate(handle, None, [src.w2c], seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                              temperature=temperature, samples=samples)[0]
+            z = pipe.generate(handle, None, [src.w2c], sampling)[0]
             rec["zero_pose_psnr"] = metrics.psnr(z, src.image)
             Z.append(rec["zero_pose_psnr"])
         per[o.folder.name] = rec
@@ -98,8 +98,7 @@ def evaluate(pipe, data, source_view: str = "000", max_objects: int | None = Non
            "n_objects": len(per), "n_views": nviews}
     if Z:
         out["zero_pose_psnr"] = float(np.mean(Z))
-    out["settings"] = {"source_view": source_view, "seed": seed, "cfg": cfg, "top_k": top_k, "top_p": top_p,
-                       "temperature": temperature, "samples": samples, "resolution": R}
+    out["settings"] = {"source_view": source_view, **sampling.to_dict(), "resolution": R}
     out["per_object"] = per
     return out
 
@@ -132,13 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--source-view", default="000")
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--max-views", type=int, default=None, help="at most this many target views per object")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cfg", type=float, default=3.0)
-    ap.add_argument("--top-k", type=int, default=900)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (most likely token)")
-    ap.add_argument("--samples", type=int, default=1,
-                    help="score the pixel mean of this many sampled views per camera (default 1: one sample)")
+    SamplingParams.add_arguments(ap)
     ap.add_argument("--no-zero-pose", action="store_true", help="skip the zero-relative-pose reproduction check")
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
@@ -150,15 +143,13 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from core.nvs import NVSPipeline
-    from core.nvs.pipeline import check_samples
     rows = [] if a.figure else None
     try:
-        check_samples(a.samples)  # before the models load
+        sampling = SamplingParams.from_args(a)  # a bad knob is refused before the models load
         pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer, device=a.device,
                                            clip_weights=a.clip_weights)
-        res = evaluate(pipe, a.data, a.source_view, a.max_objects, a.seed, a.cfg, a.top_k, a.top_p, a.temperature,
-                       zero_pose=not a.no_zero_pose, max_views=a.max_views, progress=True, split=a.split,
-                       figure_rows=rows, samples=a.samples)
+        res = evaluate(pipe, a.data, sampling, a.source_view, a.max_objects, zero_pose=not a.no_zero_pose,
+                       max_views=a.max_views, progress=True, split=a.split, figure_rows=rows)
         if a.figure and rows:
             make_figure(rows, a.figure)
     except (ValueError, FileNotFoundError) as e:

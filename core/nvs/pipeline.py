@@ -3,17 +3,21 @@
 ``encode_source`` runs the tokenizer, the image embedder and the prefix blocks once per
 source image; every later camera reuses that handle (the viewer asks for many cameras of
 one photo). ``stream`` yields a decoded preview after each scale; its last frame is exactly
-the image ``generate`` returns for the same seed.
+the image ``generate`` returns for the same seed. Both take the knobs as one
+``SamplingParams`` (``sampling=``), or as keywords that override its defaults.
 
 ``samples=N`` draws N independent views of each camera (seeds seed..seed+N-1) and returns
 their pixel mean: a Monte-Carlo estimate of the model's posterior-mean view, the prediction
 that minimises expected squared error (so PSNR), softer than any one sample. N=1 is one sample.
+
+Underneath, ``prepare`` turns a source and cameras into a ``SampleBatch`` (conditions, seeds,
+zoom: everything the sampler needs, no closures), ``prefix_kv`` gives its cached prefix and
+``sample`` runs the next-scale sampler over it: the seam the benchmark times.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +33,10 @@ from core.checkpoint import CheckpointError
 from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image, zoom_images
 from core.nvs.config import NVSConfig
 from core.nvs.model import KV, NVSTransformer
-from core.nvs.sampling import cat_kv, expand_kv, next_scale_sample
+from core.nvs.sampling import SamplingError, SamplingParams, cat_kv, expand_kv, next_scale_sample
+
+__all__ = ["NVSPipeline", "Frame", "SourceHandle", "SampleBatch", "DistanceZoomPlan", "SamplingParams", "SamplingError",
+           "check_camera", "check_pair", "tokenizer_fingerprint"]
 
 
 @dataclass
@@ -52,6 +59,34 @@ class SourceHandle:
     codes: torch.Tensor                 # [1, L, Cvae] codebook vectors of the source tokens
     embedding: torch.Tensor             # [1, E]
     prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
+
+
+@dataclass(frozen=True)
+class DistanceZoomPlan:
+    """For a ``distance_zoom`` model: each row's image scale and the object's centre in NDC, which
+    turn the view the model made (at the source's distance) into the real camera's."""
+    scales: tuple[float, ...]
+    centres: tuple
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return zoom_images(x, self.scales[:len(x)], self.centres[:len(x)])
+
+
+@dataclass
+class SampleBatch:
+    """Every row one sampling pass draws, sample-major: sample j of camera i is row j * cameras + i."""
+    handle: SourceHandle
+    cond: torch.Tensor                    # [rows, C] AdaLN condition
+    uncond: torch.Tensor | None           # [rows, C] null condition (guided), else None
+    seeds: list[int]                      # one per row
+    cameras: int
+    samples: int
+    src_idx: torch.Tensor | None = None   # [rows, L] source tokens for a copy-gate model
+    zoom: DistanceZoomPlan | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.cond.shape[0]
 
 
 # Cameras look at an object normalised to the unit box (DESIGN.md). Nearer than 0.9 the camera is
@@ -84,41 +119,7 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(np.ascontiguousarray(book).tobytes()).hexdigest()[:16]
 
 
-class SamplingError(ValueError):
-    """A sampling knob out of its range (seed, cfg, top-k, top-p, temperature, samples)."""
-
-
-MAX_CFG = 50.0
-MAX_SAMPLES = 64    # views averaged per camera
 GENERATE_ROWS = 96  # rows (cameras x samples) ``generate`` samples at once: ~1 GB of KV cache at the shipped size
-
-
-def sampling_params(vocab_size: int, seed, cfg, top_k, top_p, temperature) -> tuple[int, float, int, float, float]:
-    """Validate the knobs a user turns: clamp where the meaning is obvious (top_k above the
-    vocabulary = no top-k; top_p above 1 = no top-p; guidance above MAX_CFG), else a clear
-    SamplingError naming the parameter (NaN/inf, negative values, a non-integer seed)."""
-    def num(name, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
-            raise SamplingError(f"{name} must be a finite number, got {v!r}")
-        return v
-    num("seed", seed)
-    if float(seed) != int(seed) or not 0 <= int(seed) < 2 ** 63:
-        raise SamplingError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    if num("cfg", cfg) < 0:
-        raise SamplingError(f"cfg (guidance) must be >= 0, got {cfg!r}")
-    if num("top_k", top_k) < 0 or float(top_k) != int(top_k):
-        raise SamplingError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if num("top_p", top_p) < 0:
-        raise SamplingError(f"top_p must be in [0, 1] (0 or 1 = off), got {top_p!r}")
-    if num("temperature", temperature) < 0:
-        raise SamplingError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    return int(seed), min(float(cfg), MAX_CFG), min(int(top_k), vocab_size), min(float(top_p), 1.0), float(temperature)
-
-
-def check_samples(samples) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
-        raise SamplingError(f"samples must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
-    return int(samples)
 
 
 def check_pair(cfg: NVSConfig, tok, check_hash: bool = True) -> None:
@@ -158,7 +159,6 @@ class NVSPipeline:
         # bf16 autocast: measured faster on CPUs with AVX-512 bf16 and on GPUs; off = exact fp32
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         self._uncond_kv: list[KV] | None = None
-        self.fast_previews = False  # True: coarse previews decoded at a lower grid (cheaper, blurrier)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -198,8 +198,13 @@ class NVSPipeline:
     def num_scales(self) -> int:
         return self.model.config.num_scales
 
-    def _ac(self):
+    def precision(self):
+        """The context the model runs in: bf16 autocast when ``autocast``, else plain fp32."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    def set_autocast(self, on: bool) -> None:
+        """Switch precision; the cached null prefix was computed in the old one, so it goes."""
+        self.autocast, self._uncond_kv = bool(on), None
 
     # ------------------------------------------------------------------ source
     def _image_tensor(self, image) -> torch.Tensor:
@@ -212,95 +217,85 @@ class NVSPipeline:
                       embedding: np.ndarray | torch.Tensor | None = None) -> SourceHandle:
         """Tokenise + embed the source and cache its prefix; reuse the handle for every camera."""
         w2c = check_camera("source_w2c", source_w2c)
-        if fov_deg is not None and not (isinstance(fov_deg, (int, float, np.number)) and np.isfinite(fov_deg)
-                                        and 0 < fov_deg < 180):
-            raise ValueError(f"fov_deg must be finite in (0, 180), got {fov_deg!r}")
+        fov_deg = None if fov_deg is None else cameras.check_fov(fov_deg)
         x = self._image_tensor(image)
         idx = self.tok.encode_indices(x)
         codes = torch.cat([self.tok.lookup(i) for i in idx], dim=1)
         if embedding is not None:
             emb = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, -1).to(self.device)
         else:
-            with self._ac():
+            with self.precision():
                 emb = self.embedder(x).float()
         self.model.check_embedding(emb)
         h = SourceHandle(tensor_to_image(x[0]), w2c, fov_deg or cameras.DEFAULT_FOV_DEG, idx, codes, emb)
         if self.model.config.prefix_cond == "source":
-            with self._ac():
+            with self.precision():
                 h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes), self.model.source_condition(emb))
         return h
 
-    def _uncond_prefix(self) -> list[KV]:
-        if self._uncond_kv is None:  # the null prefix is the same for every source: cache it for good
-            with self._ac():
+    def null_prefix_kv(self) -> list[KV]:
+        """Batch-1 keys/values of the unconditional prefix: the same for every source, cached for good."""
+        if self._uncond_kv is None:
+            with self.precision():
                 self._uncond_kv = self.model.encode_prefix(self.model.null_prefix(1), self.model.null_condition(1))
         return self._uncond_kv
 
-    def _prepare(self, src, source_w2c, targets: Sequence, cfg: float, reuse_prefix: bool = True):
+    def prepare(self, src, source_w2c, targets: Sequence, sampling: SamplingParams) -> SampleBatch:
+        """A source (PIL image or ``SourceHandle``) and target cameras -> the rows to sample:
+        ``sampling.samples`` draws of every camera, sample-major, each with its own seed."""
         handle = src if isinstance(src, SourceHandle) else self.encode_source(src, source_w2c)
         s_w2c = handle.w2c if source_w2c is None else check_camera("source_w2c", source_w2c)
         tg = [check_camera(f"target_w2c[{i}]", t) for i, t in enumerate(targets)]
         if not tg:
             raise ValueError("no target cameras given")
-        tg, zoom = self._distance_zoom(s_w2c, tg, handle.fov_deg)
+        tg, zoom = self._distance_zoom(s_w2c, tg * sampling.samples, handle.fov_deg)
         rel = torch.from_numpy(np.stack([cameras.relative_pose(s_w2c, t) for t in tg])).to(self.device)
         N, m = len(tg), self.model
-        with self._ac():
+        with torch.no_grad(), self.precision():
             cond = m.condition(handle.embedding.expand(N, -1), rel)
-            uncond = m.null_condition(N) if cfg != 0 else None
+            uncond = m.null_condition(N) if sampling.cfg != 0 else None
+        src_idx = torch.cat(handle.indices, 1).expand(N, -1) if m.copy_gate is not None else None
+        return SampleBatch(handle, cond, uncond, sampling.row_seeds(len(targets)), len(targets), sampling.samples,
+                           src_idx, zoom)
 
-        def prefix_kv() -> list[KV]:
-            with self._ac():
-                if m.config.prefix_cond == "full":
-                    kv = m.encode_prefix(m.embed_prefix(handle.codes).expand(N, -1, -1), cond)
-                elif reuse_prefix and handle.prefix_kv is not None:
-                    kv = expand_kv(handle.prefix_kv, N)
-                else:
-                    kv = expand_kv(m.encode_prefix(m.embed_prefix(handle.codes), m.source_condition(handle.embedding)), N)
-                if uncond is not None:
-                    ukv = self._uncond_prefix() if reuse_prefix else \
-                        m.encode_prefix(m.null_prefix(1), m.null_condition(1))
-                    kv = cat_kv(kv, expand_kv(ukv, N))
-            return kv
-        return handle, cond, uncond, prefix_kv, zoom
+    def prefix_kv(self, batch: SampleBatch) -> list[KV]:
+        """The prefix keys/values of every row (and of the unconditional rows when guided): the
+        source's cached prefix expanded, or, for ArchonView's ``prefix_cond='full'``, encoded per row."""
+        m, h, N = self.model, batch.handle, batch.rows
+        with torch.no_grad(), self.precision():
+            if m.config.prefix_cond == "full":
+                kv = m.encode_prefix(m.embed_prefix(h.codes).expand(N, -1, -1), batch.cond)
+            else:
+                kv = expand_kv(h.prefix_kv, N)
+            if batch.uncond is not None:
+                kv = cat_kv(kv, expand_kv(self.null_prefix_kv(), N))
+        return kv
 
-    def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, tuple | None]:
+    def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, DistanceZoomPlan | None]:
         """With ``distance_zoom`` the model sees each target moved to the source's distance; the
-        returned (scales, centres) turn its image into the real camera's (None: not such a model)."""
+        returned plan turns its image into the real camera's (None: not such a model)."""
         if not self.model.config.distance_zoom:
             return tg, None
         moved, scales = zip(*(cameras.at_source_distance(s_w2c, t) for t in tg))
         moved = [w.astype(np.float32) for w in moved]
-        return moved, (scales, [cameras.origin_ndc(t, fov_deg) for t in tg])
+        return moved, DistanceZoomPlan(tuple(scales), tuple(cameras.origin_ndc(t, fov_deg) for t in tg))
 
     # ------------------------------------------------------------------ sampling
-    def _scales(self, src, source_w2c, targets, seed, cfg, top_k, top_p, temperature, cancel, use_cache=True,
-                reuse_prefix=True, samples=1) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yields (scale index, f_hat, zoom); f_hat rows are sample-major: sample j of target i is
-        row j * len(targets) + i, drawn with seed + j."""
-        seed, cfg, top_k, top_p, temperature = sampling_params(self.model.config.vocab_size, seed, cfg, top_k,
-                                                               top_p, temperature)
-        samples = check_samples(samples)
-        seeds = [(seed + j) % 2 ** 63 for j in range(samples) for _ in targets]
-        targets = list(targets) * samples
-        # Without the KV cache nothing is cached, not even the source prefix (its cache *is* a KV
-        # cache): every scale re-runs the prefix and all earlier scales, as a plain transformer would.
-        handle, cond, uncond, prefix_kv, zoom = self._prepare(src, source_w2c, targets, cfg,
-                                                              reuse_prefix and use_cache)
-        src_idx = torch.cat(handle.indices, 1).expand(cond.shape[0], -1) if self.model.copy_gate is not None else None
-        it = next_scale_sample(self.model, self.tok, cond, uncond, prefix_kv, seed=seeds, cfg=cfg, top_k=top_k,
-                               top_p=top_p, temperature=temperature, use_cache=use_cache, cancel=cancel,
-                               src_idx=src_idx)
+    def sample(self, batch: SampleBatch, sampling: SamplingParams,
+               cancel: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(scale index, f_hat of every row) after each scale, with the KV cache and the cached prefix."""
+        it = next_scale_sample(self.model, self.tok, batch.cond, batch.uncond, lambda: self.prefix_kv(batch),
+                               sampling, batch.seeds, cancel=cancel, src_idx=batch.src_idx)
         while True:
-            with torch.no_grad(), self._ac():
+            with torch.no_grad(), self.precision():
                 nxt = next(it, None)
             if nxt is None:
                 return
-            yield nxt[0], nxt[1], zoom
+            yield nxt[0], nxt[1]
 
     @staticmethod
-    def _zoomed(x: torch.Tensor, zoom) -> torch.Tensor:
-        return x if zoom is None else zoom_images(x, zoom[0][:len(x)], zoom[1][:len(x)])
+    def _zoomed(x: torch.Tensor, zoom: DistanceZoomPlan | None) -> torch.Tensor:
+        return x if zoom is None else zoom.apply(x)
 
     @staticmethod
     def _sample_mean(x: torch.Tensor, samples: int) -> torch.Tensor:
@@ -308,41 +303,42 @@ class NVSPipeline:
         return x if samples == 1 else x.view(samples, -1, *x.shape[1:]).mean(0)
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, zoom=None, samples: int = 1) -> list[Image.Image]:
-        """Final images; ``zoom`` is the distance scale ``_prepare`` returned (distance_zoom models);
-        with ``samples`` > 1 the rows are that many samples of each target, averaged."""
+    def decode(self, f_hat: torch.Tensor, zoom: DistanceZoomPlan | None = None, samples: int = 1) -> list[Image.Image]:
+        """Final images; ``zoom`` is the batch's distance plan (distance_zoom models); with
+        ``samples`` > 1 the rows are that many samples of each target, averaged."""
         x = self._zoomed(self.tok.decode_fhat(f_hat.float()).float(), zoom)
         return [tensor_to_image(v) for v in self._sample_mean(x, samples)]
 
     @torch.no_grad()
-    def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom=None, samples: int = 1) -> Image.Image:
-        """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``):
-        the full grid, or with ``fast_previews`` coarse scales at a lower grid. The first target
-        (the stream's one); with ``samples`` > 1 the mean of its samples' maps, decoded once (a
-        preview costs one decode, not N; only the final frame is the exact pixel mean)."""
+    def decode_preview(self, f_hat: torch.Tensor, pn: int, zoom: DistanceZoomPlan | None = None,
+                       samples: int = 1) -> Image.Image:
+        """The tokenizer's preview decode of a partial map (``MultiScaleVQVAE.decode_preview``) of
+        the first target (the stream's one); with ``samples`` > 1 the mean of its samples' maps,
+        decoded once (a preview costs one decode, not N; only the final frame is the exact pixel mean)."""
         rows = f_hat[::len(f_hat) // samples]
-        x = self.tok.decode_preview(rows.mean(0, keepdim=True), pn, fast=self.fast_previews)
+        x = self.tok.decode_preview(rows.mean(0, keepdim=True), pn)
         return tensor_to_image(self._zoomed(x.float(), zoom)[0])
 
-    def stream(self, src_or_image, source_w2c, target_w2c, seed: int = 0, cfg: float = 3.0, top_k: int = 900,
-               top_p: float = 0.95, preview_scales: Iterable[int] | None = None,
-               cancel: Callable[[], bool] | None = None, temperature: float = 1.0, samples: int = 1) -> Iterator[Frame]:
+    def stream(self, src_or_image, source_w2c, target_w2c, sampling: SamplingParams | None = None,
+               preview_scales: Iterable[int] | None = None, cancel: Callable[[], bool] | None = None,
+               **knobs) -> Iterator[Frame]:
         """One target camera, coarse to fine: a Frame after each scale in ``preview_scales``
         (1-based; default all); the last scale is always decoded and is the final view.
-        ``samples`` > 1: that many draws in one batch; the final frame is their pixel mean (as
-        ``generate``), each preview the decoded mean of their partial token maps."""
+        ``sampling.samples`` > 1: that many draws in one batch; the final frame is their pixel mean
+        (as ``generate``), each preview the decoded mean of their partial token maps."""
+        sampling = SamplingParams.of(sampling, **knobs)
         t0 = time.perf_counter()
         S = self.num_scales
         keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
+        batch = self.prepare(src_or_image, source_w2c, [target_w2c], sampling)
         sample_s = decode_s = 0.0
         t = time.perf_counter()
-        for si, f_hat, zoom in self._scales(src_or_image, source_w2c, [target_w2c], seed, cfg, top_k, top_p,
-                                            temperature, cancel, samples=samples):
+        for si, f_hat in self.sample(batch, sampling, cancel):
             sample_s += time.perf_counter() - t
             if si + 1 in keep:
                 t = time.perf_counter()
-                img = self.decode(f_hat, zoom, samples)[0] if si + 1 == S else \
-                    self.decode_preview(f_hat, self.model.config.patch_nums[si], zoom, samples)
+                img = self.decode(f_hat, batch.zoom, batch.samples)[0] if si + 1 == S else \
+                    self.decode_preview(f_hat, self.model.config.patch_nums[si], batch.zoom, batch.samples)
                 decode_s += time.perf_counter() - t
                 yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
                             {"sample_s": sample_s, "decode_s": decode_s})
@@ -350,22 +346,22 @@ class NVSPipeline:
                     return
             t = time.perf_counter()
 
-    def generate(self, src_or_image, source_w2c, target_w2cs: Sequence, seed: int = 0, cfg: float = 3.0,
-                 top_k: int = 900, top_p: float = 0.95, temperature: float = 1.0, use_cache: bool = True,
-                 reuse_prefix: bool = True, samples: int = 1) -> list[Image.Image]:
+    def generate(self, src_or_image, source_w2c, target_w2cs: Sequence, sampling: SamplingParams | None = None,
+                 **knobs) -> list[Image.Image]:
         """A batch of target cameras at once -> list of PIL images (same seed -> same images; a
         target's image does not depend on the others). ``samples``: see the module docstring.
         Cameras go through in chunks of at most GENERATE_ROWS rows, so memory stays bounded."""
+        sampling = SamplingParams.of(sampling, **knobs)
         if isinstance(target_w2cs, np.ndarray) and target_w2cs.ndim == 2:
             target_w2cs = [target_w2cs]
-        targets, per = list(target_w2cs), max(1, GENERATE_ROWS // check_samples(samples))
+        targets, per = list(target_w2cs), max(1, GENERATE_ROWS // sampling.samples)
         if len(targets) > per and not isinstance(src_or_image, SourceHandle):
             src_or_image = self.encode_source(src_or_image, source_w2c)  # once for every chunk
         images = []
         for i in range(0, max(len(targets), 1), per):
-            f_hat = zoom = None
-            for _, f_hat, zoom in self._scales(src_or_image, source_w2c, targets[i:i + per], seed, cfg, top_k, top_p,
-                                               temperature, None, use_cache, reuse_prefix, samples):
+            batch = self.prepare(src_or_image, source_w2c, targets[i:i + per], sampling)
+            f_hat = None
+            for _, f_hat in self.sample(batch, sampling):
                 pass
-            images += self.decode(f_hat, zoom, samples)
+            images += self.decode(f_hat, batch.zoom, batch.samples)
         return images

@@ -1,14 +1,131 @@
 """Next-scale sampling: KV cache, classifier-free guidance with ArchonView's linear ramp,
 top-k / top-p, per-sample seeded generators (a target's image does not depend on what
-else is in the batch)."""
+else is in the batch).
+
+``SamplingParams`` is the one value for the knobs a user turns (seed, guidance, top-k, top-p,
+temperature, samples): its defaults, ranges and the rule for each knob live in ``KNOBS`` here,
+and the pipeline, evaluation, benchmark, command line and app all pass it whole.
+"""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from core.nvs.model import KV, KVCache, NVSTransformer
+
+
+class SamplingError(ValueError):
+    """A sampling knob out of its range (seed, cfg, top-k, top-p, temperature, samples)."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob's range and rule. Not a finite number, or below ``lo``: an error. Above ``hi``:
+    clamped when ``clamp_high`` (past it the knob means the same: top-p 1 = off, guidance
+    saturates), else an error. ``ui_hi``: where the app's slider ends, when tighter than ``hi``
+    (the app clamps every knob into its slider's range instead of refusing)."""
+    lo: float
+    hi: float | None
+    integer: bool
+    clamp_high: bool
+    help: str
+    ui_hi: float | None = None
+
+    @property
+    def ui_range(self) -> tuple[float, float]:
+        return self.lo, self.ui_hi if self.ui_hi is not None else self.hi
+
+
+KNOBS: dict[str, Knob] = {
+    "seed": Knob(0, 2 ** 63 - 1, True, False, "seed of the first sample (sample j uses seed + j)", ui_hi=2 ** 31 - 1),
+    "cfg": Knob(0.0, 10.0, False, True, "classifier-free guidance, ramped linearly over the scales (ArchonView: 3)"),
+    "top_k": Knob(0, None, True, False, "keep the k most likely tokens (0 or >= vocabulary = off)", ui_hi=4096),
+    "top_p": Knob(0.0, 1.0, False, True, "keep the smallest set of tokens with this mass (0 or 1 = off)"),
+    "temperature": Knob(0.0, None, False, False, "softmax temperature (0 = greedy, the most likely token)"),
+    # each sample costs about one view's sampling time; the app's slider stops at 16
+    "samples": Knob(1, 64, True, False, "pixel mean of N sampled views per camera (1 = one sample)", ui_hi=16),
+}
+
+
+def _checked(name: str, value: Any, clamp_to: tuple[float, float | None] | None = None):
+    """``value`` as knob ``name``'s type, by its one rule; ``clamp_to`` (the app's sliders): clamp
+    into that range instead of refusing (anything not a finite number is still refused)."""
+    k = KNOBS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)):
+        raise SamplingError(f"{name} must be a finite number, got {value!r}")
+    if clamp_to is not None:
+        lo, hi = clamp_to
+        value = max(lo, value if hi is None else min(hi, value))
+        if k.integer:
+            value = int(round(value))
+    what = f"{'an integer' if k.integer else 'a number'} in [{k.lo:g}, {'inf' if k.hi is None else f'{k.hi:g}'}]"
+    if k.integer and float(value) != int(value):
+        raise SamplingError(f"{name} must be {what}, got {value!r}")
+    if value < k.lo:
+        raise SamplingError(f"{name} must be {what}, got {value!r}")
+    if k.hi is not None and value > k.hi:
+        if not k.clamp_high:
+            raise SamplingError(f"{name} must be {what}, got {value!r}")
+        value = k.hi
+    return int(value) if k.integer else float(value)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to draw a view: validated and normalised on construction (``SamplingError`` names the
+    knob). Defaults are ArchonView's demo settings and one sample."""
+    seed: int = 0
+    cfg: float = 3.0
+    top_k: int = 900
+    top_p: float = 0.95
+    temperature: float = 1.0
+    samples: int = 1
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def of(cls, sampling: "SamplingParams | None" = None, **knobs) -> "SamplingParams":
+        """``sampling`` (default: the defaults) with ``knobs`` replaced: ``generate(..., cfg=2)``."""
+        base = sampling if sampling is not None else cls()
+        if not isinstance(base, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(base).__name__}")
+        return dataclasses.replace(base, **knobs) if knobs else base
+
+    @classmethod
+    def from_ui(cls, **raw) -> "SamplingParams":
+        """From the app's controls: each knob clamped into its slider's range (``Knob.ui_range``)."""
+        return cls(**{n: _checked(n, v, KNOBS[n].ui_range) for n, v in raw.items()})
+
+    def row_seeds(self, cameras: int) -> list[int]:
+        """One seed per sampled row, sample-major: sample j of every camera draws with seed + j."""
+        return [(self.seed + j) % 2 ** 63 for j in range(self.samples) for _ in range(cameras)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ command line
+    @staticmethod
+    def add_arguments(ap: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+        """``--seed --cfg --top-k --top-p --temperature --samples`` with the defaults and help above."""
+        d = SamplingParams()
+        for f in dataclasses.fields(SamplingParams):
+            if f.name not in skip:
+                k = KNOBS[f.name]
+                ap.add_argument(f"--{f.name.replace('_', '-')}", type=int if k.integer else float,
+                                default=getattr(d, f.name), help=f"{k.help} (default {getattr(d, f.name)})")
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "SamplingParams":
+        return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)})
 
 
 def sorted_descending(x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +176,8 @@ def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
 
 @torch.no_grad()
 def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
-                      prefix_kv: Callable[[], list[KV]], seed: int | list[int] = 0, cfg: float = 3.0, top_k: int = 0,
-                      top_p: float = 0.0, temperature: float = 1.0, use_cache: bool = True,
+                      prefix_kv: Callable[[], list[KV]], sampling: SamplingParams = SamplingParams(),
+                      seeds: list[int] | None = None, use_cache: bool = True,
                       cancel: Callable[[], bool] | None = None,
                       src_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
@@ -71,12 +188,14 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
     re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all). src_idx [N, L]:
     the source's token indices for a model with a copy gate (the unconditional rows never copy).
-    ``seed``: one for every row, or a list with one per row (independent samples of one camera).
+    ``seeds``: one per row (independent samples of one camera); default ``sampling.seed`` for all.
+    ``sampling.samples`` is the caller's business (it lays the rows out): here every row is one draw.
     """
     N, S = cond.shape[0], model.config.num_scales
+    cfg, top_k, top_p, temperature = sampling.cfg, sampling.top_k, sampling.top_p, sampling.temperature
     guided = uncond is not None and cfg != 0
     c = torch.cat((cond, uncond)) if guided else cond
-    seeds = [int(seed)] * N if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    seeds = [sampling.seed] * N if seeds is None else [int(s) for s in seeds]
     if len(seeds) != N:
         raise ValueError(f"{len(seeds)} seeds for {N} rows")
     gens = [torch.Generator(device=cond.device).manual_seed(s) for s in seeds]

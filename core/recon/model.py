@@ -18,8 +18,8 @@ the rotation and maps queries back (see ``canonical_rotation``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import ClassVar, NamedTuple
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,52 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import cameras
-
-
-@dataclass
-class ReconConfig:
-    model_type: ClassVar[str] = "recon"  # written into config.json by ReconPipeline.save
-    image_size: int = 64            # input views are resized to this (also the training render size)
-    patch_size: int = 8
-    enc_dim: int = 128
-    enc_depth: int = 4
-    enc_heads: int = 4
-    cam_dim: int = 64               # camera embedding fed to AdaLN
-    plucker: bool = True            # add per-pixel Plücker rays to the patch embedding
-    tri_tokens: int = 8             # triplane token grid G (3*G*G tokens)
-    tri_dim: int = 128
-    tri_depth: int = 4
-    tri_heads: int = 4
-    upsample_channels: tuple = (64, 32)   # each entry doubles the plane resolution
-    mlp_hidden: int = 64
-    mlp_layers: int = 2
-    box_radius: float = 0.6         # the field lives in [-r, r]^3 (objects fill [-0.5, 0.5])
-    density_bias: float = -1.0
-    n_samples: int = 64             # dense samples per ray inside the box at inference
-    mc_level: float = 10.0          # density iso-level for marching cubes
-    mc_query_resolution: int = 128  # the field is band-limited by its planes: query at most this grid, upsample beyond
-    default_elevation_deg: float = 20.0   # single-photo input camera: azimuth 0, this elevation
-    default_radius: float = 2.0
-    max_views: int = 8
-    pixel_channels: int = 16        # > 0: also feed the field with pixel-aligned features of the input views
-
-    def __post_init__(self):
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        self.upsample_channels = tuple(self.upsample_channels)
-
-    @property
-    def plane_res(self) -> int:
-        return self.tri_tokens * 2 ** len(self.upsample_channels)
-
-    @property
-    def plane_channels(self) -> int:
-        return self.upsample_channels[-1] if self.upsample_channels else self.tri_dim
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["upsample_channels"] = list(self.upsample_channels)
-        return d
+from core.checkpoint import config_from_dict, load_config, load_into, save_checkpoint
+from core.recon.config import ReconConfig
 
 
 # ----------------------------------------------------------------------------- cameras
@@ -103,6 +59,7 @@ def camera_features(w2c: np.ndarray, fov_deg: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- blocks
 
 def _modulate(x, shift, scale):
+    """AdaLN: the normalised input scaled by (1 + scale) and shifted."""
     return x * (1 + scale) + shift
 
 
@@ -141,9 +98,10 @@ class EncoderBlock(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x, cam):
-        s1, c1, g1, s2, c2, g2 = self.ada(cam).unsqueeze(1).chunk(6, dim=-1)
-        x = x + (1 + g1) * self.attn(_modulate(self.norm1(x), s1, c1))
-        return x + (1 + g2) * self.mlp(_modulate(self.norm2(x), s2, c2))
+        # (shift, scale, gate) per sub-layer, as the NVS blocks name theirs; gates start at 1 (zero init)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cam).unsqueeze(1).chunk(6, dim=-1)
+        x = x + (1 + gate1) * self.attn(_modulate(self.norm1(x), shift1, scale1))
+        return x + (1 + gate2) * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
 class TriplaneBlock(nn.Module):
@@ -291,3 +249,13 @@ class ReconModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "ReconModel":
+        cfg = config_from_dict(ReconConfig, load_config(folder), source=str(Path(folder) / "config.json"))
+        return load_into(cls(cfg), folder)
+
+    def save_pretrained(self, folder) -> Path:
+        return save_checkpoint(folder, self.state_dict(), self.config.to_dict())

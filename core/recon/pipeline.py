@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from core import cameras
-from core.checkpoint import config_from_dict, load_config, load_into, save_checkpoint
+from core.checkpoint import load_config
 from core.data.io import composite_on_white, image_to_tensor, resize_area
-from core.recon.model import ReconConfig, ReconModel, camera_features, canonical_rotation, to_canonical
+from core.recon.config import ReconConfig
+from core.recon.model import ReconModel, camera_features, canonical_rotation, to_canonical
 from core.recon.scene import TriplaneScene
 
 
@@ -28,6 +29,16 @@ def check_foreground(img: Image.Image, name: str = "image", min_fraction: float 
     if fg.mean() < min_fraction or flat:
         raise ReconInputError(f"{name} has no object on it (all white or a single flat colour); "
                               "pass a photo of an object on a white background")
+
+
+def check_view_count(n: int, max_views: int) -> None:
+    """The one rule on how many views a reconstruction takes (the model's ``max_views``)."""
+    if not 1 <= n <= max_views:
+        raise ReconInputError(f"images: need 1..{max_views} views, got {n}")
+
+
+# model_type in config.json -> module class (reconstruction v2 adds its own entry)
+MODELS = {"recon": ReconModel}
 
 
 def prepare_views(images: torch.Tensor, w2cs: list[np.ndarray], fovs: list[float], size: int):
@@ -52,13 +63,12 @@ class ReconPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "ReconPipeline":
-        cfg = load_config(folder)
-        model = ReconModel(config_from_dict(ReconConfig, cfg, source=str(Path(folder) / "config.json")))
-        return cls(load_into(model, folder), device)
+        # another kind of checkpoint falls through to ReconModel, whose config check names it
+        model_cls = MODELS.get(load_config(folder).get("model_type", "recon"), ReconModel)
+        return cls(model_cls.from_pretrained(folder), device)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        return save_checkpoint(folder, self.model.state_dict(),
-                               {"model_type": self.config.model_type, **self.config.to_dict()})
+        return self.model.save_pretrained(folder)
 
     def default_camera(self) -> np.ndarray:
         """The camera assumed for a single photo: azimuth 0 at the training corpus's usual elevation."""
@@ -71,8 +81,7 @@ class ReconPipeline:
         if isinstance(images, Image.Image):
             images = [images]
         images = list(images)
-        if not 1 <= len(images) <= self.config.max_views:
-            raise ReconInputError(f"images: need 1..{self.config.max_views} views, got {len(images)}")
+        check_view_count(len(images), self.config.max_views)
         if cameras_w2c is None:
             if len(images) != 1:
                 raise ReconInputError("cameras: required when more than one image is given")
@@ -87,8 +96,9 @@ class ReconPipeline:
             if problems:
                 raise cameras.CameraError(f"cameras[{i}]: {'; '.join(problems)}")
         fovs = fov_deg if isinstance(fov_deg, (list, tuple)) else [fov_deg or cameras.DEFAULT_FOV_DEG] * len(images)
-        if len(fovs) != len(images) or not all(np.isfinite(f) and 0 < f < 180 for f in fovs):
-            raise ReconInputError(f"fov_deg: need one finite value in (0, 180) per image, got {fov_deg!r}")
+        if len(fovs) != len(images):
+            raise ReconInputError(f"fov_deg: need one value per image, got {len(fovs)} for {len(images)}")
+        fovs = [cameras.check_fov(f, f"fov_deg[{i}]", ReconInputError) for i, f in enumerate(fovs)]
         S = self.config.image_size
         tens = []
         for i, im in enumerate(images):

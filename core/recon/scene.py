@@ -84,8 +84,7 @@ class TriplaneScene:
         """rgb [S,S,3] in [0,1] on white, opacity [S,S], depth (ray distance) [S,S]."""
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_RENDER_SIZE:
             raise ValueError(f"size must be an int in [1, {MAX_RENDER_SIZE}], got {size!r}")
-        if fov_deg is not None and not (np.isfinite(fov_deg) and 0 < fov_deg < 180):
-            raise ValueError(f"fov_deg must be finite in (0, 180), got {fov_deg!r}")
+        fov_deg = None if fov_deg is None else cameras.check_fov(fov_deg)
         size = int(size)
         o, d = self._canonical_rays(w2c, size, fov_deg)
         n = n_samples or self.config.n_samples

@@ -110,13 +110,13 @@ def validate(model, tok, sampler: PairSampler, pairs, device) -> dict:
 
 def val_psnr(model, tok, data, n_objects: int, n_views: int, device) -> dict:
     from core.eval.nvs import evaluate
-    from core.nvs.pipeline import NVSPipeline
+    from core.nvs.pipeline import NVSPipeline, SamplingParams
     pipe = NVSPipeline(model, tok, device)
     model.eval()
     try:
         out = {}
-        for name, kw in (("", {}), ("_greedy", {"temperature": 0.0})):
-            r = evaluate(pipe, data, max_objects=n_objects, max_views=n_views, split="val", **kw)
+        for name, sampling in (("", SamplingParams()), ("_greedy", SamplingParams(temperature=0.0))):
+            r = evaluate(pipe, data, sampling, max_objects=n_objects, max_views=n_views, split="val")
             out.update({f"val_psnr{name}": r["psnr"], f"val_zero_pose_psnr{name}": r.get("zero_pose_psnr"),
                         f"val_copy_psnr{name}": r["baseline_copy_psnr"]})
         return out
