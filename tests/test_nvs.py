@@ -474,11 +474,12 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
             "--heads", "2", "--val-every", "2", "--psnr-every", "2", "--psnr-objects", "1", "--psnr-views", "1",
             "--ckpt-every", "2", "--log-every", "1", "--embed-dim", "16"]
     assert train_main(args + ["--steps", "2"]) == 0
-    state = json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())
+    state = json.loads((tmp_path / "run" / "ckpt-latest" / "train_state.json").read_text())
     assert state["step"] == 2 and (tmp_path / "run" / "ckpt-latest" / "optimizer.safetensors").is_file()
+    assert (tmp_path / "run" / "ckpt-best" / "model.safetensors").is_file()
     # resume in online mode (each batch tokenised by the current tokenizer, which it follows)
     assert train_main(args + ["--steps", "3", "--resume", "--online", "--follow-tokenizer", "1"]) == 0
-    assert json.loads((tmp_path / "run" / "ckpt-latest" / "state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "run" / "ckpt-latest" / "train_state.json").read_text())["step"] == 3
     assert (tmp_path / "run" / "tokenizer" / "config.json").is_file()  # the tokenizer travels with the model
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("val_psnr" in r for r in log) and any("acc" in r for r in log)
@@ -516,7 +517,7 @@ def test_coarse_steps_train_the_first_scales(tmp_path, tok):
 
 
 def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, tok):
-    """--amp bf16 (the default on CUDA) on CPU: the step runs, the loss is finite, weights stay fp32."""
+    """--precision bf16 (auto's choice on CUDA) on CPU: the step runs, the loss is finite, weights stay fp32."""
     from core.train.nvs import main as train_main
     from safetensors.torch import load_file
     make_dataset(tmp_path / "data")
@@ -524,7 +525,7 @@ def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, tok):
     assert train_main(["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer"), "--out",
                        str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--batch", "2", "--depth", "1",
                        "--width", "32", "--heads", "2", "--embed-dim", "16", "--steps", "2", "--log-every", "1",
-                       "--val-every", "100", "--amp", "bf16"]) == 0
+                       "--val-every", "100", "--precision", "bf16"]) == 0
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     sd = load_file(str(tmp_path / "run" / "model.safetensors"))

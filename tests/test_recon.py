@@ -249,12 +249,15 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     base = ["--data", str(toy_data), "--out", str(out), "--config", json.dumps(TINY), "--batch", "2",
             "--rays", "32", "--samples", "12", "--save-every", "2", "--val-every", "100"]
     assert train_main(base + ["--steps", "2"]) == 0
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["step"] == 2 and (out / "optimizer.safetensors").is_file()
+    state = json.loads((out / "ckpt-latest" / "train_state.json").read_text())
+    assert state["step"] == 2 and (out / "ckpt-latest" / "optimizer.safetensors").is_file()
+    assert state["precision"] == "fp32"  # --precision auto on a CPU
     w2 = ReconPipeline.from_pretrained(out).model.state_dict()
     assert train_main(base + ["--steps", "4", "--resume"]) == 0
-    assert json.loads((out / "train_state.json").read_text())["step"] == 4
+    assert json.loads((out / "ckpt-latest" / "train_state.json").read_text())["step"] == 4
     w4 = ReconPipeline.from_pretrained(out).model.state_dict()
+    assert torch.equal(ReconPipeline.from_pretrained(out / "ckpt-latest").model.state_dict()["head.weight"],
+                       w4["head.weight"])
     assert any(not torch.equal(w2[k], w4[k]) for k in w2)
 
     res_path = tmp_path / "eval.json"
@@ -276,3 +279,14 @@ def test_mesh_metrics_sanity():
     b.apply_translation((0.5, 0, 0))
     far = mesh_metrics(a, b)
     assert far["chamfer"] > 0.2 and far["fscore"] < 0.5
+
+
+def test_time_limit_stops_and_saves(toy_data, tmp_path, capsys):
+    """--time-limit (minutes, resumed segments included) ends the run early with a checkpoint."""
+    from core.train.recon import main as train_main
+    out = tmp_path / "run"
+    assert train_main(["--data", str(toy_data), "--out", str(out), "--config", json.dumps(TINY), "--batch", "1",
+                       "--rays", "16", "--samples", "8", "--steps", "100000", "--time-limit", "0.002"]) == 0
+    assert "time limit reached" in capsys.readouterr().out
+    state = json.loads((out / "ckpt-latest" / "train_state.json").read_text())
+    assert state["step"] < 100000 and state["wall_s"] >= 0.12 and (out / "model.safetensors").is_file()

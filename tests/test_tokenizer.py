@@ -337,14 +337,15 @@ def test_train_resume_and_eval_cli(tmp_path):
     data = make_data(tmp_path / "data")
     cfg = json.dumps(tiny_config().to_dict())
     run = tmp_path / "run"
-    args = ["--data", str(data), "--out", str(run), "--config", cfg, "--batch-size", "2", "--val-every", "2",
+    args = ["--data", str(data), "--out", str(run), "--config", cfg, "--batch", "2", "--val-every", "2",
             "--val-images", "2", "--restart-window", "2"]
     assert train_main(args + ["--steps", "3"]) == 0
-    st = json.loads((run / "ckpt-latest" / "trainer_state.json").read_text())
-    assert st["step"] == 3 and (run / "ckpt-latest" / "optimizer.safetensors").is_file() and (run / "best").is_dir()
+    st = json.loads((run / "ckpt-latest" / "train_state.json").read_text())
+    assert st["step"] == 3 and (run / "ckpt-latest" / "optimizer.safetensors").is_file() and (run / "ckpt-best").is_dir()
     assert train_main(args + ["--steps", "5", "--resume"]) == 0
-    assert json.loads((run / "ckpt-latest" / "trainer_state.json").read_text())["step"] == 5
-    assert not list(run.glob(".ckpt-latest*"))  # no temp folders left behind
+    assert json.loads((run / "ckpt-latest" / "train_state.json").read_text())["step"] == 5
+    assert not list(run.glob(".ckpt-*"))  # no temp folders left behind
+    assert MultiScaleVQVAE.from_pretrained(run).config == tiny_config()  # the final model sits in --out
     out = tmp_path / "eval.json"
     assert eval_main(["--data", str(data), "--checkpoint", str(run / "ckpt-latest"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -366,7 +367,7 @@ def test_decoder_finetune_keeps_every_token(tmp_path):
     base.save_pretrained(tmp_path / "base")
     run = tmp_path / "run"
     args = ["--data", str(data), "--out", str(run), "--init", str(tmp_path / "base"), "--train", "decoder",
-            "--batch-size", "2", "--val-every", "2", "--val-images", "2", "--steps", "3"]
+            "--batch", "2", "--val-every", "2", "--val-images", "2", "--steps", "3"]
     assert train_main(args) == 0
     a, b = load_file(str(tmp_path / "base" / "model.safetensors")), load_file(str(run / "ckpt-latest" / "model.safetensors"))
     changed = {k for k in a if not torch.equal(a[k], b[k])}
@@ -380,16 +381,20 @@ def test_decoder_finetune_keeps_every_token(tmp_path):
     assert train_main(args[:-2] + ["--steps", "4", "--resume"]) == 0
 
 
-def test_bf16_autocast_training_path_runs_on_cpu(tmp_path):
-    """The autocast path used on GPUs (--bf16 auto = on for CUDA), run on CPU: finite losses,
-    fp32 weights saved."""
+def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, capsys):
+    """The autocast path used on GPUs (--precision auto = bf16 on CUDA), run on CPU: finite losses,
+    fp32 weights saved. Spelled the old way (--batch-size, --bf16 on): still works, with a note."""
     from core.train.tokenizer import main as train_main
     from safetensors.torch import load_file
     data = make_data(tmp_path / "data")
     run = tmp_path / "run"
     assert train_main(["--data", str(data), "--out", str(run), "--config", json.dumps(tiny_config().to_dict()),
                        "--batch-size", "2", "--steps", "2", "--val-every", "2", "--val-images", "2", "--bf16", "on"]) == 0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    err = capsys.readouterr().err
+    assert "--batch-size is deprecated" in err and "--bf16 is deprecated" in err
+    state = json.loads((run / "ckpt-latest" / "train_state.json").read_text())
+    assert state["precision"] == "bf16" and state["args"]["batch"] == 2
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
     assert all(t.dtype == torch.float32 for t in load_file(str(run / "ckpt-latest" / "model.safetensors")).values()
                if t.is_floating_point())

@@ -4,28 +4,27 @@ Each step takes a batch of objects, encodes 1..``--views-in`` of their views wit
 cameras, and supervises renders of *other* views of the same objects on random rays
 (half on the object, half anywhere) with colour MSE on white, a mask loss on the
 accumulated opacity and, where the dataset has depth, an L1 depth loss. The whole
-dataset is decoded once into memory at the model's resolution (small: 64 px). Checkpoints
-are safetensors only (model + optimizer state) and resume exactly where they stopped.
+dataset is decoded once into memory at the model's resolution (small: 64 px). The run folder is
+``core.train.common.RunFolder``'s (``ckpt-latest/`` with the optimizer state, ``ckpt-best/``,
+``log.jsonl``, the final model in ``--out``); ``--resume`` continues exactly where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from core import cameras
-from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into, save_checkpoint
-from core.cli import device_arg
+from core.checkpoint import CheckpointError, config_from_dict, load_config
 from core.data.io import index_objects, read_view
-from core.recon.model import ReconConfig, ReconModel
+from core.recon.config import ReconConfig
+from core.recon.model import ReconModel
 from core.recon.pipeline import prepare_views
 from core.recon.render import dense_render
+from core.train.common import Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, resolve_precision
 
 
 # ----------------------------------------------------------------------------- data
@@ -142,37 +141,6 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
     return out
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_training(folder: Path, model, opt, step: int, extra: dict) -> None:
-    save_checkpoint(folder, model.state_dict(), {"model_type": "recon", **model.config.to_dict()})
-    tensors, groups = {}, []
-    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
-        for k, v in st.items():
-            tensors[f"{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
-    tmp = folder / "optimizer.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "optimizer.safetensors")
-    (folder / "train_state.json").write_text(json.dumps({"step": step, "param_groups": groups, **extra}, indent=2))
-
-
-def load_training(folder: Path, model, opt) -> dict:
-    load_into(model, folder)
-    state = json.loads((folder / "train_state.json").read_text())
-    flat = load_file(str(folder / "optimizer.safetensors"))
-    per = {}
-    for key, v in flat.items():
-        pid, name = key.split(".", 1)
-        per.setdefault(int(pid), {})[name] = v
-    sd = opt.state_dict()
-    sd["state"] = per
-    for g, saved in zip(sd["param_groups"], state["param_groups"]):
-        g.update({k: v for k, v in saved.items() if k != "params"})
-    opt.load_state_dict(sd)
-    return state
-
-
 # ----------------------------------------------------------------------------- main
 
 @torch.no_grad()
@@ -197,11 +165,9 @@ def quick_val(model, cache: ViewCache, n_samples: int, max_objects: int = 8) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train recon", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="dataset root (train/ val/) or a folder of object folders")
-    ap.add_argument("--out", required=True, help="checkpoint folder (config.json, model.safetensors, optimizer state)")
+    ap.add_argument("--out", required=True, help="run folder: ckpt-latest/, ckpt-best/, log.jsonl, final model")
     ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--resume", action="store_true")
     ap.add_argument("--views-in", type=int, default=1, help="train with 1..N input views per object")
-    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--targets", type=int, default=2, help="supervised views per object")
     ap.add_argument("--rays", type=int, default=256, help="rays per supervised view")
     ap.add_argument("--samples", type=int, default=48, help="samples per ray in training")
@@ -217,23 +183,24 @@ def main(argv=None) -> int:
     ap.add_argument("--growing", action="store_true", help="--data is still being built: use objects with meta.json "
                     "and re-scan every --refresh-every steps until its READY file appears")
     ap.add_argument("--refresh-every", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on for CUDA)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", type=device_arg, default="auto")
+    add_runtime_args(ap, batch=4)
     args = ap.parse_args(argv)
 
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = Path(args.out)
+    run = RunFolder(args.out)
     dev = torch.device(args.device)
-    resuming = args.resume and (out / "train_state.json").is_file()
+    precision = resolve_precision(args.precision, dev)
+    resuming = args.resume and run.can_resume()
     if resuming:
-        cfg = config_from_dict(ReconConfig, load_config(out), source=str(out / "config.json"))
+        cfg = config_from_dict(ReconConfig, load_config(run.latest), source=str(run.latest / "config.json"))
     else:
-        cfg = ReconConfig(**json.loads(args.config)) if args.config else ReconConfig()
+        try:
+            cfg = ReconConfig(**json.loads(args.config)) if args.config else ReconConfig()
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: --config: {e}")
     train = ViewCache(args.data, cfg.image_size, "train", args.max_objects, growing=args.growing)
     try:
         val = ViewCache(args.data, cfg.image_size, "val", 8, growing=args.growing)
@@ -246,7 +213,7 @@ def main(argv=None) -> int:
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "tokens" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
-    step, wall0, best = 0, 0.0, -1.0
+    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0}
     if args.init and not resuming:
         from core.checkpoint import load_state_dict
         src, own = load_state_dict(args.init), model.state_dict()
@@ -255,47 +222,58 @@ def main(argv=None) -> int:
         print(f"init: {len(match)}/{len(own)} tensors from {args.init}")
     if resuming:
         try:
-            st = load_training(out, model, opt)
+            state.update(run.resume(model, opt))
         except (CheckpointError, OSError, KeyError, ValueError) as e:
-            raise SystemExit(f"--resume: cannot load {out}: {e}")
-        step, wall0, best = st["step"], st.get("wall_s", 0.0), st.get("best_val_psnr", -1.0)
-        print(f"resumed from {out} at step {step}")
+            raise SystemExit(f"--resume: cannot load {run.latest}: {e}")
+        print(f"resumed from {run.latest} at step {state['step']}")
     print(f"model {model.num_parameters() / 1e6:.2f}M params, planes 3x{cfg.plane_channels}x{cfg.plane_res}^2, "
-          f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}", flush=True)
+          f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}, precision {precision}",
+          flush=True)
+    state.update(precision=precision, args=vars(args))
 
-    def lr_at(s):
-        if s < args.warmup:
-            return args.lr * (s + 1) / args.warmup
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - args.warmup) / max(1, args.steps - args.warmup)))))
+    rng = np.random.default_rng(args.seed + state["step"])
+    clock, stop = Clock(state["wall_s"], args.time_limit), StopSignal()
 
-    rng = np.random.default_rng(args.seed + step)
-    use_amp = dev.type == "cuda" or args.bf16
-    t0 = time.time()
+    def save(folder, with_opt: bool = True):
+        state["wall_s"] = clock.wall_s
+        run.save(folder, model, opt if with_opt else None, state)
+
     model.train()
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, mininterval=20, dynamic_ncols=False)
-    for step in bar:
+    step = state["step"]
+    bar = tqdm(total=args.steps, initial=step, mininterval=20, dynamic_ncols=False)
+    while step < args.steps and not stop.requested and not clock.over:
         b = {k: v.to(dev) for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays).items()}
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            g["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_progress=clock.progress)
+        with autocast(precision, dev):
             L = losses(model, b, args.samples, args.w_mask, args.w_depth)
         opt.zero_grad(set_to_none=True)
         L["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        step = state["step"] = step + 1
+        bar.update(1)
         bar.set_postfix(loss=f"{L['loss'].item():.4f}", psnr=f"{L['psnr'].item():.2f}", mask=f"{L['mask'].item():.4f}",
                         depth=f"{L['depth'].item():.3f}", refresh=False)
-        done = step + 1
-        if args.growing and done % args.refresh_every == 0 and len(train.objects) < (args.max_objects or 1 << 30):
+        rec = {"step": step, "lr": opt.param_groups[0]["lr"], "wall_s": round(clock.wall_s, 1),
+               **{k: round(v.item(), 5) for k, v in L.items()}}
+        if args.growing and step % args.refresh_every == 0 and len(train.objects) < (args.max_objects or 1 << 30):
             train.refresh()
-        if done % args.val_every == 0 and val is not None:
-            vp = quick_val(model, val, cfg.n_samples)
-            print(f"\nstep {done}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
-            if vp > best:
-                best = vp
-                save_checkpoint(out.parent / (out.name + "-best"), model.state_dict(), {"model_type": "recon", **cfg.to_dict()})
-        if done % args.save_every == 0 or done == args.steps:
-            save_training(out, model, opt, done, {"wall_s": wall0 + time.time() - t0, "best_val_psnr": best,
-                                                  "args": vars(args)})
-    print(f"done: {args.steps} steps, {wall0 + time.time() - t0:.0f} s wall", flush=True)
+        if step % args.val_every == 0 and val is not None:
+            rec["val_psnr"] = vp = quick_val(model, val, cfg.n_samples)
+            print(f"\nstep {step}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
+            if vp > state["best_val_psnr"]:
+                state["best_val_psnr"] = vp
+                save(run.best, with_opt=False)
+        if step % 20 == 0 or "val_psnr" in rec:
+            run.log(rec)
+        if step % args.save_every == 0:
+            save(run.latest)
+    bar.close()
+    if clock.over:
+        print("time limit reached", flush=True)
+    save(run.latest)
+    run.save_final(model)
+    run.close()
+    print(f"done: {step} steps, {clock.wall_s:.0f} s wall, checkpoint {run.root}", flush=True)
     return 0

@@ -1,15 +1,14 @@
 """Train the multi-scale VQ tokenizer.
 
     python -m core.train tokenizer --data data/corpus --out runs/tokenizer [--config cfg.json]
-        [--steps N] [--batch-size B] [--resume] [--max-minutes M] [--latest DIR]
+        [--steps N] [--batch B] [--resume] [--time-limit MIN] [--precision auto|fp32|bf16] [--latest DIR]
 
 Losses for white-background renders: L1 + L2 on pixels with object pixels weighted up, an
 L1 on image gradients (keeps edges sharp against the flat white), plus VAR's VQ loss (commitment beta = 0.25). Codebook
 health: code hits are counted over a window of steps; codes not hit in a window are
-restarted from residual vectors the encoder just produced. Checkpoints are folders
-(config.json + model.safetensors + optimizer.safetensors + trainer_state.json), written
-atomically, so a crash never leaves a half checkpoint and ``--resume`` restores step,
-optimizer and schedule.
+restarted from residual vectors the encoder just produced. The run folder is
+``core.train.common.RunFolder``'s (``ckpt-latest/``, ``ckpt-best/``, ``log.jsonl``, the final
+model in ``--out``); ``--resume`` restores step, optimizer and schedule.
 
 ``--init CKPT --train decoder`` fine-tunes only ``post_quant_conv`` and the decoder of a
 trained tokenizer: encoder, codebook and phi are frozen, so every image keeps its tokens and
@@ -21,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into
-from core.cli import device_arg
 from core.data.io import DataError, list_objects, load_image, view_ids
 from core.metrics import psnr
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from core.train.common import (Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, resolve_precision)
 
 
 # ----------------------------------------------------------------------------- data
@@ -131,43 +126,6 @@ class CodebookMonitor:
         return len(dead)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam state as flat named tensors (safetensors; never a pickle)."""
-    out = {}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        for k, v in opt.state.get(p, {}).items():
-            out[f"{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(float(v))).detach().cpu().contiguous()
-    return out
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], device) -> None:
-    params = opt.param_groups[0]["params"]
-    for name, t in tensors.items():
-        i, k = name.split(".", 1)
-        p = params[int(i)]
-        if k != "step" and t.shape != p.shape:
-            raise CheckpointError(f"optimizer.safetensors: {name} has shape {tuple(t.shape)}, parameter {tuple(p.shape)}")
-        opt.state[p][k] = t.to(device if k != "step" else "cpu")
-
-
-def write_folder(folder: Path, model, opt, state: dict) -> None:
-    """Write a complete checkpoint into a temp folder, then swap it in (readers never see half)."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if opt is not None:
-        save_file(optimizer_tensors(opt), str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
@@ -198,23 +156,12 @@ def parse_config(arg: str | None) -> TokenizerConfig:
     return config_from_dict(TokenizerConfig, data, source=str(arg))
 
 
-def lr_at(step: int, progress: float, base: float, warmup: int) -> float:
-    """Linear warm-up, constant, then a cosine to 10% over the last 30% of the run (by steps or time)."""
-    w = min(1.0, (step + 1) / max(1, warmup))
-    if progress <= 0.7:
-        return base * w
-    t = min(1.0, (progress - 0.7) / 0.3)
-    return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train tokenizer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="dataset root (train/ is used; val/ for validation) or folder of objects")
-    ap.add_argument("--out", required=True, help="run folder: ckpt-latest/, best/, metrics.jsonl")
+    ap.add_argument("--out", required=True, help="run folder: ckpt-latest/, ckpt-best/, log.jsonl, final model")
     ap.add_argument("--config", help="TokenizerConfig as a JSON file or string, or 'var_published'")
     ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--max-minutes", type=float, default=0, help="stop (and end the lr schedule) after this wall time")
-    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--w-l2", type=float, default=1.0)
@@ -227,32 +174,27 @@ def main(argv=None) -> int:
     ap.add_argument("--val-images", type=int, default=96)
     ap.add_argument("--max-images", type=int, default=40000, help="cap on training images held in memory")
     ap.add_argument("--latest", help="also mirror each checkpoint to this folder (e.g. for other jobs)")
-    ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this checkpoint folder's config and weights (fresh optimizer and schedule)")
     ap.add_argument("--train", choices=("all", "decoder"), default="all",
                     help="decoder: fine-tune post_quant_conv + decoder only; encoder, codebook and phi stay frozen, "
                          "so every image keeps its tokens and an NVS model trained against them stays valid")
-    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="autocast; auto = on for CUDA only")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", type=device_arg, default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    add_runtime_args(ap, batch=16)
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(a.out)
     dev = torch.device(a.device)
-    use_bf16 = a.bf16 == "on" or (a.bf16 == "auto" and dev.type == "cuda")
+    precision = resolve_precision(a.precision, dev)
+    resuming = a.resume and run.can_resume()
 
-    latest = out / "ckpt-latest"
-    state = {"step": 0, "elapsed_s": 0.0, "best_val_psnr": -1.0, "images_seen": 0}
+    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0, "images_seen": 0}
     try:
-        if a.resume and (latest / "trainer_state.json").is_file():
-            cfg = config_from_dict(TokenizerConfig, load_config(latest), source=str(latest / "config.json"))
-            if json.loads((latest / "trainer_state.json").read_text()).get("train", a.train) != a.train:
-                raise CheckpointError(f"{latest} was trained with another --train mode than {a.train!r}")
+        if resuming:
+            cfg = config_from_dict(TokenizerConfig, load_config(run.latest), source=str(run.latest / "config.json"))
+            if run.state().get("train", a.train) != a.train:
+                raise CheckpointError(f"{run.latest} was trained with another --train mode than {a.train!r}")
         elif a.init:
             cfg = config_from_dict(TokenizerConfig, load_config(a.init), source=str(Path(a.init) / "config.json"))
         else:
@@ -275,7 +217,7 @@ def main(argv=None) -> int:
           f"config {json.dumps(cfg.to_dict())}", flush=True)
 
     model = MultiScaleVQVAE(cfg).to(dev).train()
-    if a.init and not (a.resume and (latest / "trainer_state.json").is_file()):
+    if a.init and not resuming:
         try:
             load_into(model, a.init)
         except CheckpointError as e:
@@ -286,40 +228,35 @@ def main(argv=None) -> int:
         m.requires_grad_(False).eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, betas=(0.9, 0.95),
                             weight_decay=0.0)
-    if a.resume and (latest / "trainer_state.json").is_file():
-        load_into(model, latest)
-        load_optimizer_tensors(opt, load_file(str(latest / "optimizer.safetensors")), dev)
-        state.update(json.loads((latest / "trainer_state.json").read_text()))
-        print(f"resumed from {latest} at step {state['step']}", flush=True)
-    print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, bf16 autocast {use_bf16}, "
+    if resuming:
+        try:
+            state.update(run.resume(model, opt))
+        except CheckpointError as e:
+            print(f"error: --resume: {e}", file=sys.stderr)
+            return 2
+        print(f"resumed from {run.latest} at step {state['step']}", flush=True)
+    print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, precision {precision}, "
           f"threads {a.threads}", flush=True)
 
-    state["train"] = a.train
+    state.update(train=a.train, precision=precision, args=vars(a))
     mon = CodebookMonitor(cfg.vocab_size, a.restart_window)
-    log = open(out / "metrics.jsonl", "a")
-    t_start, el0, t_ckpt = time.time(), state["elapsed_s"], time.time()
+    clock, t_ckpt = Clock(state["wall_s"], a.time_limit), time.time()
 
-    def save(folder: Path):
-        state["elapsed_s"] = el0 + time.time() - t_start
-        write_folder(folder, model, opt, state)
+    def save(folder: Path, with_opt: bool = True):
+        state["wall_s"] = clock.wall_s
+        run.save(folder, model, opt if with_opt else None, state)
 
-    stop = []  # SIGTERM/SIGINT: finish the step, validate, save, exit cleanly
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.append(1))
+    stop = StopSignal()  # SIGTERM/SIGINT: finish the step, validate, save, exit cleanly
     bar = tqdm(total=a.steps, initial=state["step"], desc="tokenizer", mininterval=10)
-    while state["step"] < a.steps and not stop:
-        elapsed = el0 + time.time() - t_start
-        if a.max_minutes and elapsed > a.max_minutes * 60:
-            break
-        progress = max(state["step"] / a.steps, elapsed / (a.max_minutes * 60) if a.max_minutes else 0.0)
+    while state["step"] < a.steps and not stop.requested and not clock.over:
         for g in opt.param_groups:
-            g["lr"] = lr_at(state["step"], progress, a.lr, a.warmup)
-        sel = torch.randint(len(train_u8), (a.batch_size,))
+            g["lr"] = lr_at(state["step"], a.lr, a.warmup, a.steps, hold=0.7, time_progress=clock.progress)
+        sel = torch.randint(len(train_u8), (a.batch,))
         x = to_float(train_u8[sel])
         flip = torch.rand(len(x)) < 0.5
         x[flip] = x[flip].flip(-1)
         x = x.to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(precision, dev):
             if frozen:  # tokens fixed: decode what the frozen quantiser gives, no VQ loss, no restarts
                 _, fhats = model.encode_fhats(x)  # the quantiser's own running sum: no second lookup pass
                 rec, vq_loss = model.decoder(model.post_quant_conv(fhats[-1])), x.new_zeros(())
@@ -340,37 +277,38 @@ def main(argv=None) -> int:
         bar.update(1)
         rec_psnr = 10 * math.log10(4.0 / max(parts["mse"], 1e-10))
         rec_item = {"step": state["step"], "loss": loss.item(), "vq": vq_loss.item(), **parts,
-                    "train_psnr": rec_psnr, "lr": opt.param_groups[0]["lr"],
-                    "elapsed_s": round(el0 + time.time() - t_start, 1)}
+                    "train_psnr": rec_psnr, "lr": opt.param_groups[0]["lr"], "wall_s": round(clock.wall_s, 1)}
         if restarted is not None:
             rec_item.update(usage_window=mon.last_usage, restarted=restarted)
         if state["step"] % a.val_every == 0 and val_u8 is not None:
             rec_item.update(validate(model, val_u8))
             if rec_item["val_psnr"] > state["best_val_psnr"]:
                 state["best_val_psnr"] = rec_item["val_psnr"]
-                save(out / "best")
+                save(run.best, with_opt=False)
         if state["step"] % 10 == 0 or "val_psnr" in rec_item or restarted is not None:
-            log.write(json.dumps(rec_item) + "\n")
-            log.flush()
+            run.log(rec_item)
             bar.set_postfix(psnr=f"{rec_psnr:.2f}", vq=f"{vq_loss.item():.4f}", use=f"{mon.last_usage:.2f}")
         if time.time() - t_ckpt > a.ckpt_minutes * 60:
-            save(latest)
+            save(run.latest)
             if a.latest:
-                write_folder(Path(a.latest), model, opt, state)
+                run.save(Path(a.latest), model, opt, state)
             t_ckpt = time.time()
     bar.close()
+    if clock.over:
+        print("time limit reached", flush=True)
     if val_u8 is not None:
         final = validate(model, val_u8)
-        log.write(json.dumps({"step": state["step"], "final": True, **final}) + "\n")
+        run.log({"step": state["step"], "final": True, **final})
         print(json.dumps(final), flush=True)
         if final["val_psnr"] > state["best_val_psnr"]:
             state["best_val_psnr"] = final["val_psnr"]
-            save(out / "best")
-    save(latest)
+            save(run.best, with_opt=False)
+    save(run.latest)
     if a.latest:
-        write_folder(Path(a.latest), model, opt, state)
-    log.close()
-    print(f"done: step {state['step']}, {state['elapsed_s'] / 60:.1f} min, checkpoint {latest}", flush=True)
+        run.save(Path(a.latest), model, opt, state)
+    run.save_final(model)
+    run.close()
+    print(f"done: step {state['step']}, {state['wall_s'] / 60:.1f} min, checkpoint {run.root}", flush=True)
     return 0
 
 

@@ -1,0 +1,252 @@
+"""What the tokenizer, NVS and reconstruction trainers share, so each holds only its own model's step.
+
+* **Runtime flags** (``add_runtime_args``): ``--batch --threads --time-limit --resume --precision
+  --device --seed`` with one meaning everywhere. The spellings they replace (``--batch-size``,
+  ``--max-minutes``, ``--amp``, ``--bf16``) still work for one release, with a deprecation note.
+* **Run folder** (``RunFolder``): ``OUT/ckpt-latest/`` (model + optimizer + ``train_state.json``,
+  what ``--resume`` reads), ``OUT/ckpt-best/`` (the best model by the trainer's validation metric),
+  ``OUT/log.jsonl``, and at the end the final model in ``OUT/`` itself, so ``OUT`` is a checkpoint
+  folder. Every checkpoint is written into a temp folder and swapped in: a crash never leaves half.
+* **Optimizer state in safetensors** (``save_optimizer`` / ``load_optimizer``): tensors by
+  parameter index, the param groups' hyper-parameters in the file's metadata; never a pickle.
+* **Schedule** (``lr_at``): linear warm-up, an optional flat stretch, a cosine to ``floor`` x base,
+  paced by steps or by the time limit, whichever is further along.
+* **Clean stop** (``StopSignal``): SIGTERM/SIGINT finish the step, then the trainer saves and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from core.checkpoint import CheckpointError, check_safetensors_file
+from core.cli import device_arg
+
+PRECISIONS = ("auto", "fp32", "bf16")
+STATE_NAME = "train_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+# ----------------------------------------------------------------------------- flags
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's ``dest`` (through ``convert``) and
+    says once, on stderr, what to write instead."""
+
+    def __init__(self, option_strings, dest, use: str, convert=None, **kw):
+        self.use, self.convert = use, convert or (lambda v: v)
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and goes in the next release; use {self.use}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.convert(values))
+
+
+_OLD_PRECISION = {"off": "fp32", "on": "bf16", "bf16": "bf16", "auto": "auto"}
+
+
+def add_runtime_args(ap: argparse.ArgumentParser, batch: int, threads: int = 1) -> None:
+    """The flags every trainer takes, with the same names and meanings."""
+    g = ap.add_argument_group("runtime (the same in every trainer)")
+    g.add_argument("--batch", type=int, default=batch, help=f"samples per optimizer step (default {batch})")
+    g.add_argument("--threads", type=int, default=threads, help="torch CPU threads")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="stop (and save) after this many minutes of training in total, resumed segments "
+                        "included; the lr schedule ends with it")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest (model, optimizer, step)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32, or bf16 autocast (weights stay fp32); auto = bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--device", type=device_arg, default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    # old spellings, kept for one release
+    g.add_argument("--batch-size", dest="batch", type=int, action=_Deprecated, use="--batch",
+                   help=argparse.SUPPRESS)
+    g.add_argument("--max-minutes", dest="time_limit", type=float, action=_Deprecated, use="--time-limit",
+                   convert=lambda v: v or None, help=argparse.SUPPRESS)
+    g.add_argument("--amp", dest="precision", choices=("auto", "bf16", "off"), action=_Deprecated,
+                   use="--precision", convert=_OLD_PRECISION.get, help=argparse.SUPPRESS)
+    g.add_argument("--bf16", dest="precision", nargs="?", const="on", choices=("auto", "on", "off"),
+                   action=_Deprecated, use="--precision bf16", convert=_OLD_PRECISION.get, help=argparse.SUPPRESS)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` on CPU (bf16 autocast was slower than fp32 at the
+    shipped widths on these CPUs; ``core.bench`` measures it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The forward pass's context for a resolved precision."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1, hold: float = 0.0,
+          time_progress: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps; then flat until a share ``hold`` of the run; then a
+    cosine to ``floor`` x base at its end. Progress is steps after warm-up over the steps left, or
+    wall time over the time limit (``time_progress``), whichever is further along."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, max((step - warmup) / max(1, total - warmup), time_progress))
+    t = 0.0 if p <= hold else (p - hold) / (1.0 - hold)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class Clock:
+    """Training wall time across resumed segments, and the time limit's share of it."""
+
+    def __init__(self, before_s: float = 0.0, limit_min: float | None = None):
+        self.before_s, self.limit_min, self.t0 = before_s, limit_min, time.time()
+
+    @property
+    def wall_s(self) -> float:
+        return self.before_s + time.time() - self.t0
+
+    @property
+    def progress(self) -> float:
+        return self.wall_s / (self.limit_min * 60) if self.limit_min else 0.0
+
+    @property
+    def over(self) -> bool:
+        return bool(self.limit_min) and self.wall_s > self.limit_min * 60
+
+
+class StopSignal:
+    """SIGTERM (how service managers and schedulers stop a job) and SIGINT set ``requested``; the
+    trainer finishes its step, saves and exits 0. Only installed in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        if hasattr(signal, "SIGTERM") and threading_is_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.requested = True
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Adam(W) state as flat tensors ``"{param index}.{name}"``; param groups (lr, betas, ...) in
+    the metadata. Atomic."""
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+               for pid, st in sd["state"].items() for k, v in st.items()}
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"param_groups": json.dumps(groups)})
+    tmp.replace(path)
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Restore what ``save_optimizer`` wrote into an optimizer built over the same parameters."""
+    check_safetensors_file(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "param_groups" not in meta:
+        raise CheckpointError(f"{path}: no param_groups metadata (not written by core.train.common.save_optimizer)")
+    # JSON has no tuples: hyper-parameters such as betas come back as lists
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+              for g in json.loads(meta["param_groups"])]
+    own = opt.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in own]:
+        raise CheckpointError(f"{path}: optimizer groups {[len(g['params']) for g in groups]} do not match this "
+                              f"model's {[len(g['params']) for g in own]}")
+    state: dict = {}
+    for k, v in load_file(str(path)).items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ----------------------------------------------------------------------------- run folder
+
+class RunFolder:
+    """``OUT/ckpt-latest``, ``OUT/ckpt-best``, ``OUT/log.jsonl`` and the final model in ``OUT``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.latest, self.best = self.root / "ckpt-latest", self.root / "ckpt-best"
+        self._log = None
+
+    def can_resume(self) -> bool:
+        return (self.latest / STATE_NAME).is_file()
+
+    def state(self) -> dict:
+        try:
+            return json.loads((self.latest / STATE_NAME).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.latest / STATE_NAME}: unreadable ({e})") from None
+
+    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+        """Weights and optimizer from ``ckpt-latest``; returns its train state (step, wall_s, ...)."""
+        from core.checkpoint import load_into
+        load_into(model, self.latest)
+        load_optimizer(opt, self.latest / OPTIMIZER_NAME)
+        return self.state()
+
+    def save(self, folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None,
+             state: dict | None = None, extra=None) -> Path:
+        """``model.save_pretrained`` (+ optimizer, state, ``extra(tmp_folder)``) into a temp folder,
+        then swapped in for ``folder``."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if opt is not None:
+            save_optimizer(opt, tmp / OPTIMIZER_NAME)
+        if state is not None:
+            (tmp / STATE_NAME).write_text(json.dumps(state, indent=2, default=str) + "\n")
+        if extra is not None:
+            extra(tmp)
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def save_final(self, model: torch.nn.Module, extra=None) -> Path:
+        """The final model's config.json + model.safetensors in ``OUT`` (a loadable checkpoint)."""
+        model.save_pretrained(self.root)
+        if extra is not None:
+            extra(self.root)
+        return self.root
+
+    def log(self, rec: dict) -> None:
+        if self._log is None:
+            self._log = open(self.root / "log.jsonl", "a")
+        self._log.write(json.dumps(rec) + "\n")
+        self._log.flush()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
