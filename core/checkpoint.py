@@ -165,3 +165,17 @@ def load_into(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model
+
+
+class Pretrained:
+    """``from_pretrained`` / ``save_pretrained`` for a module built from one config dataclass
+    (``config_class``, with ``to_dict``): config.json + model.safetensors, validated on load."""
+    config_class: type
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path):
+        cfg = config_from_dict(cls.config_class, load_config(folder), source=str(Path(folder) / CONFIG_NAME))
+        return load_into(cls(cfg), folder)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        return save_checkpoint(folder, self.state_dict(), self.config.to_dict())

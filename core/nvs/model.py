@@ -14,13 +14,12 @@ weights map over by name (see ``importer.py``).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import config_from_dict, load_config, load_into, save_checkpoint
+from core.checkpoint import Pretrained
 from core.nvs.config import NVSConfig
 from core.nvs.embedders import CNNEncoder
 
@@ -133,7 +132,9 @@ class AdaLNSelfAttn(nn.Module):
         return x, kv
 
 
-class NVSTransformer(nn.Module):
+class NVSTransformer(nn.Module, Pretrained):
+    config_class = NVSConfig  # from_pretrained / save_pretrained: core.checkpoint.Pretrained
+
     def __init__(self, cfg: NVSConfig):
         super().__init__()
         self.config = cfg
@@ -189,14 +190,6 @@ class NVSTransformer(nn.Module):
             b.ffn.fc2.weight.data.div_(math.sqrt(2 * depth))
             b.ada_lin[-1].weight.data[2 * C:].mul_(init_adaln)
             b.ada_lin[-1].weight.data[:2 * C].mul_(init_adaln_gamma)
-
-    @classmethod
-    def from_pretrained(cls, folder) -> "NVSTransformer":
-        cfg = config_from_dict(NVSConfig, load_config(folder), source=str(Path(folder) / "config.json"))
-        return load_into(cls(cfg), folder)
-
-    def save_pretrained(self, folder) -> Path:
-        return save_checkpoint(folder, self.state_dict(), self.config.to_dict())
 
     # ------------------------------------------------------------------ conditions
     def embed_image(self, img: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ the rotation and maps queries back (see ``canonical_rotation``).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import cameras
-from core.checkpoint import config_from_dict, load_config, load_into, save_checkpoint
+from core.checkpoint import Pretrained
 from core.recon.config import ReconConfig
 
 
@@ -137,7 +136,9 @@ class TriplaneState(NamedTuple):
         return self.planes.dtype
 
 
-class ReconModel(nn.Module):
+class ReconModel(nn.Module, Pretrained):
+    config_class = ReconConfig  # from_pretrained / save_pretrained: core.checkpoint.Pretrained
+
     def __init__(self, config: ReconConfig | None = None):
         super().__init__()
         self.config = c = config or ReconConfig()
@@ -249,13 +250,3 @@ class ReconModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, folder) -> "ReconModel":
-        cfg = config_from_dict(ReconConfig, load_config(folder), source=str(Path(folder) / "config.json"))
-        return load_into(cls(cfg), folder)
-
-    def save_pretrained(self, folder) -> Path:
-        return save_checkpoint(folder, self.state_dict(), self.config.to_dict())

@@ -20,10 +20,12 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,6 +81,24 @@ def add_runtime_args(ap: argparse.ArgumentParser, batch: int, threads: int = 1) 
                    use="--precision", convert=_OLD_PRECISION.get, help=argparse.SUPPRESS)
     g.add_argument("--bf16", dest="precision", nargs="?", const="on", choices=("auto", "on", "off"),
                    action=_Deprecated, use="--precision bf16", convert=_OLD_PRECISION.get, help=argparse.SUPPRESS)
+
+
+@dataclass
+class Runtime:
+    """What the runtime flags resolve to, once, at the start of a run."""
+    run: "RunFolder"
+    device: torch.device
+    precision: str          # resolved: "fp32" or "bf16"
+    resuming: bool          # --resume and OUT/ckpt-latest holds a run
+
+
+def start_run(a: argparse.Namespace) -> Runtime:
+    """Threads and seeds set, the run folder made, precision resolved for the device."""
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
+    run, device = RunFolder(a.out), torch.device(a.device)
+    return Runtime(run, device, resolve_precision(a.precision, device), bool(a.resume) and run.can_resume())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

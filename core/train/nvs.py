@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from core.nvs.config import NVSConfig
 from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, cache_dir, load_cached, split_scales,
                            tokenise_objects)
 from core.nvs.model import NVSTransformer
-from core.train.common import Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, resolve_precision
+from core.train.common import Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, start_run
 
 SMALL = 64  # the learned image embedder sees the source at this size (NVSConfig.cnn_resolution)
 
@@ -180,9 +179,9 @@ class SetupError(ValueError):
     """A run that cannot start as asked (mismatched resume, empty cache); one error line."""
 
 
-def build_config(a, run: RunFolder, tok, th: str) -> NVSConfig:
+def build_config(a, run: RunFolder, resuming: bool, tok, th: str) -> NVSConfig:
     """The resumed run's config, else one from the flags; checks the flags and tokenizer agree with it."""
-    if a.resume and run.can_resume():
+    if resuming:
         cfg = config_from_dict(NVSConfig, load_config(run.latest), source=str(run.latest / "config.json"))
     else:
         t = tok.config
@@ -249,16 +248,12 @@ def is_coarse_step(a, step: int) -> bool:
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     a = parse_args(argv)
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    random.seed(a.seed)
+    rt = start_run(a)
+    run, device, precision = rt.run, rt.device, rt.precision
     from tqdm import tqdm
     from core.tokenizer import MultiScaleVQVAE
     from core.nvs.pipeline import tokenizer_fingerprint
 
-    device = torch.device(a.device)
-    precision = resolve_precision(a.precision, device)
-    run = RunFolder(a.out)
     tok = MultiScaleVQVAE.from_pretrained(a.tokenizer, device=device).eval().requires_grad_(False)
     th = tokenizer_fingerprint(tok)
     dirs = {s: cache_dir(a.cache, th, s) for s in ("train", "val")}
@@ -270,11 +265,11 @@ def main(argv=None) -> int:
         return 0
 
     try:
-        cfg = build_config(a, run, tok, th)
+        cfg = build_config(a, run, rt.resuming, tok, th)
         model = NVSTransformer(cfg).to(device)
         opt = torch.optim.AdamW(model.param_groups(a.lr, a.wd, a.pose_lr_mult), lr=a.lr, betas=(0.9, 0.95))
         state = {"step": 0, "wall_s": 0.0, "best_val_loss": float("inf")}
-        if a.resume and run.can_resume():
+        if rt.resuming:
             state.update(run.resume(model, opt))
             print(f"resumed from {run.latest} at step {state['step']}", flush=True)
         elif a.init:

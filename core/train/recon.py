@@ -24,7 +24,7 @@ from core.recon.config import ReconConfig
 from core.recon.model import ReconModel
 from core.recon.pipeline import prepare_views
 from core.recon.render import dense_render
-from core.train.common import Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, resolve_precision
+from core.train.common import Clock, StopSignal, add_runtime_args, autocast, lr_at, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -188,12 +188,8 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    run = RunFolder(args.out)
-    dev = torch.device(args.device)
-    precision = resolve_precision(args.precision, dev)
-    resuming = args.resume and run.can_resume()
+    rt = start_run(args)
+    run, dev, precision, resuming = rt.run, rt.device, rt.precision, rt.resuming
     if resuming:
         cfg = config_from_dict(ReconConfig, load_config(run.latest), source=str(run.latest / "config.json"))
     else:

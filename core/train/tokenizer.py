@@ -34,7 +34,7 @@ from core.checkpoint import CheckpointError, config_from_dict, load_config, load
 from core.data.io import DataError, list_objects, load_image, view_ids
 from core.metrics import psnr
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
-from core.train.common import (Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, resolve_precision)
+from core.train.common import Clock, StopSignal, add_runtime_args, autocast, lr_at, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -181,13 +181,8 @@ def main(argv=None) -> int:
     add_runtime_args(ap, batch=16)
     a = ap.parse_args(argv)
 
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    random.seed(a.seed)
-    run = RunFolder(a.out)
-    dev = torch.device(a.device)
-    precision = resolve_precision(a.precision, dev)
-    resuming = a.resume and run.can_resume()
+    rt = start_run(a)
+    run, dev, precision, resuming = rt.run, rt.device, rt.precision, rt.resuming
 
     state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0, "images_seen": 0}
     try:
