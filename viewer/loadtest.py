@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from core.bench.app import ROOT, ViserWireClient, free_port, summary, wait_http
 from core.cli import device_arg
+from core.nvs.sampling import SamplingParams
 from core.report import emit_json
 
 SCALE = re.compile(r"scale (\d+)/(\d+)")
@@ -91,7 +92,8 @@ def gradio_session(url: str, img: Path):
 def stream_view(c, az: float, el: float, r: float, seed: int):
     """One streamed Generate: (first frame s, final s, scales seen, final image file)."""
     t0 = time.perf_counter()
-    job = c.submit(az, el, r, seed, 3.0, 900, 0.95, api_name="/generate")
+    d = SamplingParams()  # the app's default knobs
+    job = c.submit(az, el, r, seed, d.cfg, d.top_k, d.top_p, api_name="/generate")
     first, scales, last = None, [], None
     for out in job:
         t = time.perf_counter() - t0

@@ -83,7 +83,7 @@ def diffusion_peer(pipe, handle, target, steps: int, draws: int = 1) -> None:
     from core.nvs.model import KVCache
     from core.nvs.sampling import SamplingParams
     m, n = pipe.model, draws
-    batch = pipe.prepare(handle, None, [target] * n, SamplingParams(cfg=3.0))
+    batch = pipe.prepare(handle, None, [target] * n, SamplingParams())  # guided as the demo (cfg 3, below)
     c = torch.cat((batch.cond, batch.uncond))
     G = m.config.patch_nums[-1]
     kv = KVCache.preallocate(pipe.prefix_kv(batch), G * G)  # the prefix written once, as the AR sampler does
