@@ -35,6 +35,46 @@ def load_photo(path: str, remove_background: bool, foreground_ratio: float):
                       foreground_ratio=foreground_ratio, size=256)
 
 
+def nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(out: Path, folder: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work and without writing anything:
+    a file where a folder is wanted (or the reverse), or a place this user cannot create files in."""
+    import os
+    import tempfile
+    if folder and out.exists() and not out.is_dir():
+        raise PhotoArgumentError(f"--out {out}: exists and is not a folder")
+    if not folder and out.is_dir():
+        raise PhotoArgumentError(f"--out {out}: is a folder; give a file name ending in .glb, .ply or .obj")
+    base = nearest_existing(out if folder else out.parent)
+    if not base.is_dir():
+        raise PhotoArgumentError(f"--out {out}: {base} is a file, not a folder")
+    try:  # the only reliable test (root ignores permission bits; read-only mounts): try it
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".vantage-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PhotoArgumentError(f"--out {out}: cannot write in {base} ({e.strerror or e})") from None
+
+
+def check_knobs(a) -> None:
+    """Every camera knob by core's one rule (``core.cameras.VIEW_RANGES``), before any work."""
+    for name, value in (("input_elevation", a.input_elevation), ("distance", a.input_distance)):
+        if value is not None:
+            cameras.check_view_knob(name, value)
+    if a.command == "views":
+        for az in a.azimuth:
+            cameras.check_view_knob("azimuth", az)
+        for name, value in (("elevation", a.elevation), ("distance", a.distance)):
+            if value is not None:
+                cameras.check_view_knob(name, value)
+
+
 def input_camera(a) -> tuple[float, float]:
     """The photo's (elevation, distance): the flags, else what the app assumes: the reconstruction
     checkpoint's training defaults when it has them (17.6 deg, 2 for the shipped one), else 20 deg, 2."""
@@ -77,9 +117,12 @@ def cmd_views(a) -> dict:
         images = pipe.generate(src, None, [w for _, w in targets], a.sampling)
         results += [(f"view_az{az:g}_el{el:g}_r{r:g}.png", im) for (az, _), im in zip(targets, images)]
     seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, im in results:
-        im.save(out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, im in results:
+            im.save(out / name)
+    except OSError as e:
+        raise PhotoArgumentError(f"--out {out}: cannot write ({e.strerror or e})") from None
     return {"out": str(out), "files": [n for n, _ in results], "n_views": len(targets), "input_elevation": in_el,
             "seconds": round(seconds, 3), "input_note": photo.note, **a.sampling.to_dict()}
 
@@ -108,8 +151,11 @@ def cmd_lift(a) -> dict:
     t_views = time.perf_counter() - t0
     scene = recon.reconstruct(images, cams)
     mesh = scene.extract_mesh(resolution=a.mesh_resolution)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export_mesh(mesh, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_mesh(mesh, out)
+    except OSError as e:
+        raise PhotoArgumentError(f"--out {out}: cannot write ({e.strerror or e})") from None
     return {"out": str(out), "input_views": len(images), "input_elevation": in_el,
             "vertices": len(mesh.vertices), "faces": len(mesh.faces),
             "generate_s": round(t_views, 3), "seconds": round(time.perf_counter() - t0, 3), "input_note": photo.note}
@@ -154,6 +200,8 @@ def main(argv=None) -> int:
 
     def run() -> int:
         a.sampling = SamplingParams.from_args(a)  # a bad knob: one error line, before any model loads
+        check_knobs(a)
+        check_writable(Path(a.out), folder=a.command == "views")
         emit_json({"command": a.command, **(cmd_views(a) if a.command == "views" else cmd_lift(a))})
         return 0
     return report_input_errors(run, PhotoArgumentError)  # named: its module is __main__ under -m

@@ -26,7 +26,10 @@ from scipy import ndimage
 
 MAX_PIXELS = 40_000_000          # ~6300x6300; larger inputs are refused before decoding
 MAX_BYTES = 30 * 1024 * 1024     # raw upload size accepted by load_input_image
+MAX_ASPECT = 20.0                # longest over shortest side; a 40000x1 strip is not a photo of an object
+WORK_SIDE = 2048                 # preprocessing works at most at this longest side: memory and time stay bounded
 MIN_FOREGROUND = 0.002           # a cut-out smaller than this fraction is "nothing found"
+FOREGROUND_RANGE = (0.3, 1.0)    # object side over square side: the one rule for the app and the CLI
 
 
 class ImageInputError(ValueError):
@@ -64,9 +67,13 @@ def _open(src: Any) -> Image.Image:
         data, name = bytes(src), "the upload"
     elif isinstance(src, (str, Path)):
         path = Path(src)
-        name = path.name
+        name = path.name or str(path)
+        if path.is_dir():
+            raise ImageInputError(f"{path}: is a folder, not an image file")
+        if path.exists() and not path.is_file():
+            raise ImageInputError(f"{path}: is not a regular file (a device, pipe or socket), not an image file")
         if not path.is_file():
-            raise ImageInputError(f"{name}: no such file")
+            raise ImageInputError(f"{path}: no such file")
         if path.stat().st_size > MAX_BYTES:
             raise ImageInputError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
         data = path.read_bytes()
@@ -82,10 +89,15 @@ def _open(src: Any) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageInputError(f"{name}: not an image file (or a format that cannot be read)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageInputError(f"{name}: the image is too large ({e})") from None
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"{name}: {_too_large()}") from None
     except (OSError, SyntaxError, ValueError, struct.error) as e:
         raise ImageInputError(f"{name}: unreadable image ({e})") from None
+
+
+def _too_large(w: int | None = None, h: int | None = None) -> str:
+    size = f"{w}x{h} = {w * h / 1e6:.0f} MP; " if w else ""
+    return f"the image is too large ({size}the limit is {MAX_PIXELS / 1e6:.0f} MP)"
 
 
 def _to_rgb_or_rgba(im: Image.Image) -> Image.Image:
@@ -114,8 +126,10 @@ def load_input_image(src: Any) -> Image.Image:
     if w <= 0 or h <= 0:
         raise ImageInputError("the image is empty (0 pixels)")
     if w * h > MAX_PIXELS:
-        raise ImageInputError(
-            f"the image is too large ({w}x{h} = {w * h / 1e6:.0f} MP; the limit is {MAX_PIXELS / 1e6:.0f} MP)")
+        raise ImageInputError(_too_large(w, h))
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise ImageInputError(f"the image is {w}x{h} pixels, {max(w, h) / min(w, h):.0f} times longer than wide; "
+                              f"a photo of an object is at most {MAX_ASPECT:g}:1")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -129,8 +143,8 @@ def load_input_image(src: Any) -> Image.Image:
             out = _to_rgb_or_rgba(im)
     except ImageInputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageInputError(f"the image is too large ({e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(_too_large(w, h)) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
         raise ImageInputError(f"the image file is damaged or truncated ({type(e).__name__}: {e})") from None
     if out.size[0] * out.size[1] == 0:
@@ -200,14 +214,24 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
                size: int = 256) -> PreprocessResult:
     """Cut the object out, crop it, centre it on a white square, resize to ``size``.
 
-    ``foreground_ratio`` (clamped to [0.3, 1]) is the object's largest side over the
+    ``foreground_ratio`` (in ``FOREGROUND_RANGE``, else refused) is the object's largest side over the
     square's side. A transparent image with nothing in it is an ``ImageInputError``;
     a photo whose background is not plain keeps the whole frame (``note`` says so).
     """
-    ratio = finite_clamped("foreground_ratio", foreground_ratio, 0.3, 1.0)
+    lo, hi = FOREGROUND_RANGE
+    if isinstance(foreground_ratio, bool) or not isinstance(foreground_ratio, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(foreground_ratio) and lo <= foreground_ratio <= hi):
+        raise ImageInputError(f"foreground ratio must be a number in [{lo:g}, {hi:g}], got {foreground_ratio!r}")
+    ratio = float(foreground_ratio)
     size = int(finite_clamped("size", size, 16, 2048))
     if not isinstance(img, Image.Image) or img.mode not in ("RGB", "RGBA"):
         img = load_input_image(img)
+    W, H = img.size
+    if max(W, H) / max(min(W, H), 1) > MAX_ASPECT:  # an image that did not come through load_input_image
+        raise ImageInputError(f"the image is {W}x{H} pixels; a photo of an object is at most {MAX_ASPECT:g}:1")
+    work = min(1.0, WORK_SIDE / max(W, H))  # every array below is at most WORK_SIDE on a side
+    if work < 1.0:
+        img = img.resize((max(1, round(W * work)), max(1, round(H * work))), Image.Resampling.BOX)
     w, h = img.size
     note = ""
     if img.mode == "RGBA":
@@ -238,15 +262,16 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
     crop_rgb = rgb[y0:y1, x0:x1]
     crop_a = alpha[y0:y1, x0:x1, None]
     on_white = crop_rgb * crop_a + 255.0 * (1.0 - crop_a)
+    # the crop goes straight to its size in the output square: no canvas larger than the output
     ch, cw = on_white.shape[:2]
-    side = max(int(math.ceil(max(ch, cw) / ratio)), 1)
-    canvas = np.full((side, side, 3), 255.0, np.float32)
-    mcanvas = np.zeros((side, side), np.float32)
-    oy, ox = (side - ch) // 2, (side - cw) // 2
-    canvas[oy:oy + ch, ox:ox + cw] = on_white
-    mcanvas[oy:oy + ch, ox:ox + cw] = crop_a[..., 0]
-    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
-    mask = Image.fromarray(np.clip(mcanvas * 255 + 0.5, 0, 255).astype(np.uint8))
-    resample = Image.Resampling.BOX if side >= size else Image.Resampling.BICUBIC
-    out, mask = out.resize((size, size), resample), mask.resize((size, size), resample)
-    return PreprocessResult(out, mask, (x0, y0, x1, y1), removed, note)
+    scale = size * ratio / max(ch, cw)
+    tw, th = min(size, max(1, round(cw * scale))), min(size, max(1, round(ch * scale)))
+    resample = Image.Resampling.BOX if scale <= 1 else Image.Resampling.BICUBIC
+    obj = Image.fromarray(np.clip(on_white + 0.5, 0, 255).astype(np.uint8)).resize((tw, th), resample)
+    obj_mask = Image.fromarray(np.clip(crop_a[..., 0] * 255 + 0.5, 0, 255).astype(np.uint8)).resize((tw, th), resample)
+    out, mask = Image.new("RGB", (size, size), (255, 255, 255)), Image.new("L", (size, size), 0)
+    at = ((size - tw) // 2, (size - th) // 2)
+    out.paste(obj, at)
+    mask.paste(obj_mask, at)
+    bbox = tuple(int(round(v / work)) for v in (x0, y0, x1, y1)) if work < 1.0 else (x0, y0, x1, y1)
+    return PreprocessResult(out, mask, bbox, removed, note)

@@ -65,8 +65,10 @@ def test_handlers_end_to_end(handlers, tmp_path):
     assert pipe.last_samples == 1  # the default: one draw
     list(handlers.generate(token, 90, 20, 2.0, 0, 3.0, 900, 0.95, 4))
     assert pipe.last_samples == 4
-    handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 99)
-    assert pipe.last_samples == 16  # clamped to the slider's range
+    handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 20)
+    assert pipe.last_samples == 20  # past the slider's end, inside the knob's range: the API may ask
+    with pytest.raises(gr.Error, match=r"samples must be an integer in \[1, 64\]"):
+        handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 99)  # the same rule as the command line
     glb, files, status = handlers.lift(token, True, progress=None)
     orbit = handlers.orbit(token)
     session = handlers.backend.sessions.get(token)
@@ -154,10 +156,11 @@ def test_session_files_are_atomic_and_named_by_us(tmp_path):
 def test_parameters_validated(handlers, tmp_path):
     token = handlers.new_session()[0]
     handlers.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
-    with pytest.raises(gr.Error, match="azimuth must be finite"):
+    with pytest.raises(gr.Error, match=r"azimuth must be a number in \[-360, 360\], got nan"):
         list(handlers.generate(token, float("nan"), 20, 2.0, 0, 3, 900, 0.95))
-    frames = list(handlers.generate(token, 30, 20, 99.0, 0, 3, 900, 7.0))   # out of range: clamped
-    assert frames
+    with pytest.raises(gr.Error, match="distance must be"):   # out of range: refused, as on the command line
+        list(handlers.generate(token, 30, 20, 99.0, 0, 3, 900, 0.95))
+    assert list(handlers.generate(token, 30, 20, 4.0, 0, 3, 900, 1.0))
     with pytest.raises(UserError):
         handlers.backend.set_elevation(handlers.backend.sessions.get(token), float("inf"))
 

@@ -50,16 +50,41 @@ def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("argv, out_name, says", [
-    (["views", PHOTO, "--distance", "50"], "views", "outside [0.9, 10.0]"),
+    (["views", PHOTO, "--distance", "50"], "views", "distance must be a number in [1.2, 4]"),
+    (["views", PHOTO, "--elevation", "95"], "views", "elevation must be a number in [-89, 89]"),
+    (["views", PHOTO, "--azimuth", "30", "1e308"], "views", "azimuth must be"),
+    (["views", PHOTO, "--input-elevation", "1e9"], "views", "input elevation must be"),
+    (["views", PHOTO, "--cfg", "1e6"], "views", "cfg must be a number in [0, 10]"),
+    (["views", PHOTO, "--top-p", "2"], "views", "top_p must be"),
+    (["views", PHOTO, "--seed", "-1"], "views", "seed must be"),
+    (["views", PHOTO, "--foreground-ratio", "2"], "views", "foreground ratio must be"),
+    (["views", "/dev/zero"], "views", "not a regular file"),
     (["views", str(ROOT / "README.md")], "views", "not an image"),
     (["views", str(ROOT / "no-such-photo.png")], "views", "no such file"),
-    (["views", PHOTO, "--input-elevation", "nan"], "views", "finite"),
+    (["views", PHOTO, "--input-elevation", "nan"], "views", "input elevation must be"),
     (["views", PHOTO, "--samples", "0"], "views", "samples must be"),
     (["views", PHOTO, "--cfg", "-1"], "views", "cfg must be"),
     (["lift", PHOTO, "--with-views", "9"], "x.glb", "--with-views"),
     (["lift", PHOTO], "x.stl", "use a .glb"),
+    (["views", str(ROOT / "core")], "views", "is a folder, not an image"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, out_name, says):
     rc, _, err = run(capsys, *argv, "--out", str(tmp_path / "out" / out_name))
     assert rc == 2 and err.startswith("error: ") and says in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """An --out that cannot be written is refused in one line naming the user's path, before a model loads."""
+    import core.photo
+    monkeypatch.setattr(core.photo, "load_nvs", lambda *a: pytest.fail("a model loaded before --out was checked"))
+    (tmp_path / "taken").write_text("a file")
+    for argv, says in ((["views", PHOTO, "--out", str(tmp_path / "taken")], "exists and is not a folder"),
+                       (["views", PHOTO, "--out", str(tmp_path / "taken" / "views")], "is a file, not a folder"),
+                       (["views", PHOTO, "--out", "/proc/vantage-views"], "cannot write in /proc"),
+                       (["lift", PHOTO, "--out", str(tmp_path)], "is a folder"),
+                       (["lift", PHOTO, "--out", "/proc/vantage/x.glb"], "cannot write in /proc")):
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2 and err.startswith("error: --out ") and says in err and len(err.strip().splitlines()) == 1
+        assert ".tmp" not in err and "probe" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -113,9 +113,47 @@ def test_decompression_bomb_refused_before_decoding():
     assert 20000 * 20000 > MAX_PIXELS
 
 
+def test_decompression_bomb_message_cites_the_apps_limit():
+    """A header PIL itself calls a bomb (> 179 MP) is refused with the app's 40 MP limit, not PIL's."""
+    with pytest.raises(ImageInputError, match=f"limit is {MAX_PIXELS / 1e6:.0f} MP") as e:
+        load_input_image(huge_png_header(20000, 20000))
+    assert "178956970" not in str(e.value)
+
+
+@pytest.mark.parametrize("w, h", [(40000, 1), (8000, 1), (1, 5000)])
+def test_long_thin_images_are_refused_before_any_canvas(w, h, tmp_path):
+    Image.new("RGB", (w, h), (200, 30, 30)).save(tmp_path / "thin.png")
+    with pytest.raises(ImageInputError, match="longer than wide"):
+        preprocess(tmp_path / "thin.png")
+
+
+@pytest.mark.parametrize("w, h, ratio", [(6000, 300, 0.85), (3000, 3000, 0.3)])
+def test_memory_is_bounded_by_the_output_not_the_input(w, h, ratio):
+    """The largest accepted shapes: a 20:1 strip, and a large photo with a small object at the smallest
+    foreground ratio (both built a canvas of the longest side / ratio squared before: ~0.6 and ~1.2 GB)."""
+    import tracemalloc
+    im = Image.new("RGB", (w, h), (255, 255, 255))
+    k = min(w, h) // 8
+    ImageDraw.Draw(im).rectangle((w // 2 - k, h // 2 - k, w // 2 + k, h // 2 + k), fill=(20, 120, 200))
+    tracemalloc.start()
+    try:
+        res = preprocess(im, foreground_ratio=ratio, size=256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.image.size == (256, 256) and res.background_removed
+    assert peak < 300 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MB"
+    x0, y0, x1, y1 = res.bbox    # the box is in the input's pixels, even when the work was downscaled
+    assert abs(x0 - (w // 2 - k)) <= 3 and abs(x1 - (w // 2 + k + 1)) <= 3 and abs(y0 - (h // 2 - k)) <= 3
+
+
 def test_missing_file_and_bad_types(tmp_path):
     with pytest.raises(ImageInputError, match="no such file"):
         load_input_image(tmp_path / "nope.png")
+    with pytest.raises(ImageInputError, match="is a folder"):
+        load_input_image(tmp_path)
+    with pytest.raises(ImageInputError, match="not a regular file"):
+        load_input_image("/dev/zero")
     with pytest.raises(ImageInputError):
         load_input_image(12345)
     with pytest.raises(ImageInputError):
@@ -191,7 +229,7 @@ def test_textured_background_keeps_whole_frame():
     assert not res.background_removed and res.bbox == (0, 0, 80, 60) and "plain" in res.note
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x", 0.1, 2.0, True])
 def test_bad_parameters_are_clear(bad):
-    with pytest.raises(ImageInputError, match="foreground_ratio"):
+    with pytest.raises(ImageInputError, match=r"foreground ratio must be a number in \[0.3, 1\]"):
         preprocess(object_on_plain(), foreground_ratio=bad)

@@ -36,8 +36,8 @@ log = logging.getLogger("vantage.viewer")
 DEFAULT_RADIUS = 2.0           # objects of extent 1 seen from about radius 2 (as in the corpus)
 DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can correct it
 # (a loaded reconstruction model's config overrides both with the values it was trained around)
-RADIUS_RANGE = (1.2, 4.0)
-ELEVATION_RANGE = (-60.0, 80.0)
+RADIUS_RANGE = cameras.VIEW_RANGES["distance"]             # the one rule per camera knob: core.cameras
+ELEVATION_RANGE = cameras.VIEW_RANGES["input_elevation"]
 MAX_STRIP_VIEWS = 12          # views in one strip; the session keeps the last strip's (or as many single views)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 
@@ -61,12 +61,17 @@ def clamp(name: str, value: Any, lo: float, hi: float) -> float:
 
 
 def ui_sampling(seed, cfg, top_k, top_p, samples=1) -> SamplingParams:
-    """The Advanced knobs as one ``SamplingParams``, each clamped into its slider's range
-    (``KNOBS[...].ui_range``); a knob that is not a finite number is a ``UserError``."""
+    """The Advanced knobs as one ``SamplingParams``: the rule of each knob is core's
+    (``core.nvs.sampling.KNOBS``), so the app and the command line cannot differ."""
     try:
-        return SamplingParams.from_ui(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, samples=samples)
+        return SamplingParams(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, samples=samples)
     except SamplingError as e:
         raise UserError(str(e)) from None
+
+
+def view_knob(name: str, value) -> float:
+    """A camera knob by core's one rule (``core.cameras.VIEW_RANGES``), refused as a ``UserError``."""
+    return cameras.check_view_knob(name, value, error=UserError)
 
 
 def spread(items: list, n: int) -> list:
@@ -285,6 +290,8 @@ class Backend:
         """Open + preprocess an upload; the session's source from now on."""
         if image is None:
             raise UserError("drop an image first")
+        if elevation is not None:
+            view_knob("input_elevation", elevation)  # refused before the session's source changes
         try:
             img = load_input_image(image)
             res = preprocess(img, remove_background=bool(remove_background),
@@ -303,7 +310,7 @@ class Backend:
         return res
 
     def set_elevation(self, session: Session, elevation: float) -> None:
-        el = clamp("elevation", elevation, *ELEVATION_RANGE)
+        el = view_knob("input_elevation", elevation)
         if el != session.elevation:
             session.elevation = el
             session.generated.clear()
@@ -330,9 +337,7 @@ class Backend:
         pipe = self.require("nvs")
         if session.source is None:
             raise UserError("drop an image first")
-        az = clamp("azimuth", azimuth, -360.0, 360.0)
-        el = clamp("elevation", elevation, -89.0, 89.0)
-        r = clamp("distance", radius, *RADIUS_RANGE)
+        az, el, r = view_knob("azimuth", azimuth), view_knob("elevation", elevation), view_knob("distance", radius)
         sampling = SamplingParams.of(sampling)
         target = cameras.pose_from_spherical(az, el, r)
         version = session.version
@@ -374,8 +379,10 @@ class Backend:
                      sampling: SamplingParams | None = None) -> list[tuple[Image.Image, str]]:
         """A strip of ``n`` generated views around the object (batch generation)."""
         pipe = self.require("nvs")
-        n = int(clamp("number of views", n, 1, MAX_STRIP_VIEWS))
-        el = session.elevation if elevation is None else clamp("elevation", elevation, -89.0, 89.0)
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not (1 <= n <= MAX_STRIP_VIEWS and n == int(n)):
+            raise UserError(f"number of views must be an integer in [1, {MAX_STRIP_VIEWS}], got {n!r}")
+        n = int(n)
+        el = session.elevation if elevation is None else view_knob("elevation", elevation)
         azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]
         sampling = SamplingParams.of(sampling)
@@ -399,7 +406,9 @@ class Backend:
         pipe = self.require("recon")
         if session.source is None:
             raise UserError("drop an image first")
-        mesh_resolution = int(clamp("mesh resolution", mesh_resolution, 32, 512))
+        if isinstance(mesh_resolution, bool) or not isinstance(mesh_resolution, (int, float)) \
+                or not (32 <= mesh_resolution <= 512 and mesh_resolution == int(mesh_resolution)):
+            raise UserError(f"mesh resolution must be an integer in [32, 512], got {mesh_resolution!r}")
         say = progress or (lambda f, m: None)
         images, cams = [session.source.image], [session.source_w2c]
         note = ""

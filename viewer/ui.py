@@ -186,10 +186,10 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                 with gr.Accordion("Advanced", open=False):
                     d = SamplingParams()  # defaults and ranges: core.nvs.sampling.KNOBS
                     seed = gr.Number(value=d.seed, precision=0, label="Seed")
-                    guidance = gr.Slider(*KNOBS["cfg"].ui_range, value=d.cfg, step=0.1, label="Guidance (CFG)")
-                    top_k = gr.Slider(*KNOBS["top_k"].ui_range, value=d.top_k, step=1, label="Top-k (0 = off)")
-                    top_p = gr.Slider(*KNOBS["top_p"].ui_range, value=d.top_p, step=0.01, label="Top-p (0 or 1 = off)")
-                    samples = gr.Slider(*KNOBS["samples"].ui_range, value=d.samples, step=1,
+                    guidance = gr.Slider(*KNOBS["cfg"].slider_range, value=d.cfg, step=0.1, label="Guidance (CFG)")
+                    top_k = gr.Slider(*KNOBS["top_k"].slider_range, value=d.top_k, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(*KNOBS["top_p"].slider_range, value=d.top_p, step=0.01, label="Top-p (0 or 1 = off)")
+                    samples = gr.Slider(*KNOBS["samples"].slider_range, value=d.samples, step=1,
                                         label="Average of N samples",
                                         info="The mean of N drawn views: nearer the expected view (higher PSNR), "
                                              "softer, N times the sampling. Generate and the strip; the 3D view "

@@ -235,7 +235,10 @@ class ViserScene:
     # ------------------------------------------------------------------ camera -> view
 
     def _on_camera(self, st: ClientState, cam) -> None:
-        self._request(st, spherical_from_position(np.asarray(cam.position)))
+        """A drag is not a typed value: past a camera knob's range it shows the nearest allowed view."""
+        az, el, r = spherical_from_position(np.asarray(cam.position))
+        (elo, ehi), (rlo, rhi) = cameras.VIEW_RANGES["elevation"], cameras.VIEW_RANGES["distance"]
+        self._request(st, (az, min(max(el, elo), ehi), min(max(r, rlo), rhi)))
 
     def _request(self, st: ClientState, view: tuple[float, float, float]) -> None:
         if st.last_request is not None:

@@ -26,54 +26,41 @@ class SamplingError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
-    """One knob's range and rule. Not a finite number, or below ``lo``: an error. Above ``hi``:
-    clamped when ``clamp_high`` (past it the knob means the same: top-p 1 = off, guidance
-    saturates), else an error. ``ui_hi``: where the app's slider ends, when tighter than ``hi``
-    (the app clamps every knob into its slider's range instead of refusing)."""
+    """One knob's documented range, and its one rule, the same in the pipeline, the command line
+    and the app: a value that is not a finite number, or lies outside [lo, hi], is refused with a
+    ``SamplingError`` that names the knob and the range. ``slider_hi``: where the app's slider
+    stops, inside the range (values past it are still accepted from the API)."""
     lo: float
     hi: float | None
     integer: bool
-    clamp_high: bool
     help: str
-    ui_hi: float | None = None
+    slider_hi: float | None = None
 
     @property
-    def ui_range(self) -> tuple[float, float]:
-        return self.lo, self.ui_hi if self.ui_hi is not None else self.hi
+    def slider_range(self) -> tuple[float, float]:
+        return self.lo, self.slider_hi if self.slider_hi is not None else self.hi
 
 
 KNOBS: dict[str, Knob] = {
-    "seed": Knob(0, 2 ** 63 - 1, True, False, "seed of the first sample (sample j uses seed + j)", ui_hi=2 ** 31 - 1),
-    "cfg": Knob(0.0, 10.0, False, True, "classifier-free guidance, ramped linearly over the scales (ArchonView: 3)"),
-    "top_k": Knob(0, None, True, False, "keep the k most likely tokens (0 or >= vocabulary = off)", ui_hi=4096),
-    "top_p": Knob(0.0, 1.0, False, True, "keep the smallest set of tokens with this mass (0 or 1 = off)"),
-    "temperature": Knob(0.0, None, False, False, "softmax temperature (0 = greedy, the most likely token)"),
+    "seed": Knob(0, 2 ** 63 - 1, True, "seed of the first sample (sample j uses seed + j)"),
+    "cfg": Knob(0.0, 10.0, False, "classifier-free guidance, ramped linearly over the scales (ArchonView: 3)"),
+    "top_k": Knob(0, None, True, "keep the k most likely tokens (0 or >= vocabulary = off)", slider_hi=4096),
+    "top_p": Knob(0.0, 1.0, False, "keep the smallest set of tokens with this mass (0 or 1 = off)"),
+    "temperature": Knob(0.0, 10.0, False, "softmax temperature (0 = greedy, the most likely token)"),
     # each sample costs about one view's sampling time; the app's slider stops at 16
-    "samples": Knob(1, 64, True, False, "pixel mean of N sampled views per camera (1 = one sample)", ui_hi=16),
+    "samples": Knob(1, 64, True, "pixel mean of N sampled views per camera (1 = one sample)", slider_hi=16),
 }
 
 
-def _checked(name: str, value: Any, clamp_to: tuple[float, float | None] | None = None):
-    """``value`` as knob ``name``'s type, by its one rule; ``clamp_to`` (the app's sliders): clamp
-    into that range instead of refusing (anything not a finite number is still refused)."""
+def _checked(name: str, value: Any):
+    """``value`` as knob ``name``'s type, or a SamplingError saying the knob's range."""
     k = KNOBS[name]
+    what = f"{'an integer' if k.integer else 'a number'} in [{k.lo:g}, {'inf' if k.hi is None else f'{k.hi:g}'}]"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)):
-        raise SamplingError(f"{name} must be a finite number, got {value!r}")
-    if clamp_to is not None:
-        lo, hi = clamp_to
-        value = max(lo, value if hi is None else min(hi, value))
-        if k.integer:
-            value = int(round(value))
-    what = f"{'an integer' if k.integer else 'a number'} in [{k.lo:g}, {'inf' if k.hi is None else f'{k.hi:g}'}]"
-    if k.integer and float(value) != int(value):
         raise SamplingError(f"{name} must be {what}, got {value!r}")
-    if value < k.lo:
+    if (k.integer and float(value) != int(value)) or value < k.lo or (k.hi is not None and value > k.hi):
         raise SamplingError(f"{name} must be {what}, got {value!r}")
-    if k.hi is not None and value > k.hi:
-        if not k.clamp_high:
-            raise SamplingError(f"{name} must be {what}, got {value!r}")
-        value = k.hi
     return int(value) if k.integer else float(value)
 
 
@@ -99,11 +86,6 @@ class SamplingParams:
         if not isinstance(base, SamplingParams):
             raise TypeError(f"sampling must be a SamplingParams, got {type(base).__name__}")
         return dataclasses.replace(base, **knobs) if knobs else base
-
-    @classmethod
-    def from_ui(cls, **raw) -> "SamplingParams":
-        """From the app's controls: each knob clamped into its slider's range (``Knob.ui_range``)."""
-        return cls(**{n: _checked(n, v, KNOBS[n].ui_range) for n, v in raw.items()})
 
     def row_seeds(self, cameras: int) -> list[int]:
         """One seed per sampled row, sample-major: sample j of every camera draws with seed + j."""
