@@ -135,20 +135,19 @@ def relative_pose_spherical(source: tuple[float, float, float], target: tuple[fl
 # The camera a user asks for (the app's sliders and API, the photo command line): one documented
 # range per knob, and one rule: a value that is not a finite number or lies outside is refused.
 VIEW_RANGES: dict[str, tuple[float, float]] = {
-    "azimuth": (-360.0, 360.0),        # degrees, counter-clockwise seen from above, 0 = the photo's side
-    "elevation": (-89.0, 89.0),        # degrees above the object's equator (at the poles "no roll" is undefined)
-    "input_elevation": (-60.0, 80.0),  # how far above the object the photo was taken
+    "azimuth": (-180.0, 180.0),        # degrees, counter-clockwise seen from above, 0 = the photo's side
+    "elevation": (-60.0, 80.0),        # degrees above the object's equator: the photo's and a target's
     "distance": (1.2, 4.0),            # camera distance; the object's largest extent is 1
 }
 
 
-def check_view_knob(name: str, value, error: type[ValueError] = CameraError) -> float:
+def check_view_knob(name: str, value, error: type[ValueError] = CameraError, label: str | None = None) -> float:
     """``value`` as a float when it lies in ``VIEW_RANGES[name]``, else ``error`` saying the range."""
     lo, hi = VIEW_RANGES[name]
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
         and math.isfinite(value) and lo <= value <= hi
     if not ok:
-        raise error(f"{name.replace('_', ' ')} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        raise error(f"{label or name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
     return float(value)
 
 

@@ -64,9 +64,10 @@ def check_writable(out: Path, folder: bool) -> None:
 
 def check_knobs(a) -> None:
     """Every camera knob by core's one rule (``core.cameras.VIEW_RANGES``), before any work."""
-    for name, value in (("input_elevation", a.input_elevation), ("distance", a.input_distance)):
+    for name, value, label in (("elevation", a.input_elevation, "input elevation"),
+                               ("distance", a.input_distance, "input distance")):
         if value is not None:
-            cameras.check_view_knob(name, value)
+            cameras.check_view_knob(name, value, label=label)
     if a.command == "views":
         for az in a.azimuth:
             cameras.check_view_knob("azimuth", az)
@@ -181,8 +182,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     SamplingParams.add_arguments(common.add_argument_group("sampling (views, and lift --with-views)"))
     v = sub.add_parser("views", parents=[common], help="novel views of the photo's object")
     v.add_argument("--out", required=True, metavar="DIR", help="folder for input.png and one PNG per view")
-    v.add_argument("--azimuth", type=float, nargs="+", default=[60.0, 120.0, 180.0, 240.0, 300.0],
-                   help="target azimuths, degrees, counter-clockwise from the photo's side (default 60 ... 300)")
+    v.add_argument("--azimuth", type=float, nargs="+", default=[60.0, 120.0, 180.0, -120.0, -60.0],
+                   help="target azimuths in [-180, 180], degrees counter-clockwise from the photo's side "
+                        "(default 60 120 180 -120 -60)")
     v.add_argument("--elevation", type=float, default=None, help="target elevation (default: the input's)")
     v.add_argument("--distance", type=float, default=None, help="target distance (default: the input's)")
     v.add_argument("--previews", action="store_true", help="also write every coarse-to-fine preview frame")

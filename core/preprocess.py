@@ -210,6 +210,15 @@ def finite_clamped(name: str, value, lo: float, hi: float, error: type[ValueErro
     return min(max(v, lo), hi)
 
 
+def check_foreground_ratio(value) -> float:
+    """The foreground ratio by its one rule (``FOREGROUND_RANGE``), for the app and the CLI alike."""
+    lo, hi = FOREGROUND_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(value) and lo <= value <= hi):
+        raise ImageInputError(f"foreground ratio must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
 def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float = 0.85,
                size: int = 256) -> PreprocessResult:
     """Cut the object out, crop it, centre it on a white square, resize to ``size``.
@@ -218,11 +227,7 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
     square's side. A transparent image with nothing in it is an ``ImageInputError``;
     a photo whose background is not plain keeps the whole frame (``note`` says so).
     """
-    lo, hi = FOREGROUND_RANGE
-    if isinstance(foreground_ratio, bool) or not isinstance(foreground_ratio, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(foreground_ratio) and lo <= foreground_ratio <= hi):
-        raise ImageInputError(f"foreground ratio must be a number in [{lo:g}, {hi:g}], got {foreground_ratio!r}")
-    ratio = float(foreground_ratio)
+    ratio = check_foreground_ratio(foreground_ratio)
     size = int(finite_clamped("size", size, 16, 2048))
     if not isinstance(img, Image.Image) or img.mode not in ("RGB", "RGBA"):
         img = load_input_image(img)

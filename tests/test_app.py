@@ -65,9 +65,9 @@ def test_handlers_end_to_end(handlers, tmp_path):
     assert pipe.last_samples == 1  # the default: one draw
     list(handlers.generate(token, 90, 20, 2.0, 0, 3.0, 900, 0.95, 4))
     assert pipe.last_samples == 4
-    handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 20)
-    assert pipe.last_samples == 20  # past the slider's end, inside the knob's range: the API may ask
-    with pytest.raises(gr.Error, match=r"samples must be an integer in \[1, 64\]"):
+    handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 16)
+    assert pipe.last_samples == 16  # the slider's end is the knob's
+    with pytest.raises(gr.Error, match=r"samples must be an integer in \[1, 16\]"):
         handlers.views_around(token, 4, 0, 3.0, 900, 0.95, 99)  # the same rule as the command line
     glb, files, status = handlers.lift(token, True, progress=None)
     orbit = handlers.orbit(token)
@@ -156,7 +156,7 @@ def test_session_files_are_atomic_and_named_by_us(tmp_path):
 def test_parameters_validated(handlers, tmp_path):
     token = handlers.new_session()[0]
     handlers.process(token, {"path": str(object_png(tmp_path / "obj.png"))}, True, 0.85, 20)
-    with pytest.raises(gr.Error, match=r"azimuth must be a number in \[-360, 360\], got nan"):
+    with pytest.raises(gr.Error, match=r"azimuth must be a number in \[-180, 180\], got nan"):
         list(handlers.generate(token, float("nan"), 20, 2.0, 0, 3, 900, 0.95))
     with pytest.raises(gr.Error, match="distance must be"):   # out of range: refused, as on the command line
         list(handlers.generate(token, 30, 20, 99.0, 0, 3, 900, 0.95))
@@ -219,6 +219,48 @@ def test_live_stream_glb_and_bad_inputs(live):
         assert np.allclose(mesh.extents, (0.4, 1.0, 0.5), atol=1e-5)
         red = (colours[:, 0] == 255) & (colours[:, 1] == 0)
         assert red.any() and (mesh.vertices[red, 2] > 0.2).all()
+
+
+def test_every_slider_spans_its_knobs_range(tmp_path):
+    """One rule per knob: the page's controls span exactly core's ranges (so the page, the API and the
+    command line accept the same values)."""
+    from core import cameras
+    from core.nvs.sampling import KNOBS
+    from core.preprocess import FOREGROUND_RANGE
+    demo = build_demo(Backend(FakeNVS(), FakeRecon(), sessions=SessionStore(tmp_path / "s")))
+    by_label = {getattr(b, "label", None): b for b in demo.blocks.values()}
+    expect = {"Guidance (CFG)": KNOBS["cfg"], "Top-k (0 = off)": KNOBS["top_k"], "Top-p (0 or 1 = off)": KNOBS["top_p"],
+              "Average of N samples": KNOBS["samples"], "Seed": KNOBS["seed"]}
+    for label, k in expect.items():
+        assert (by_label[label].minimum, by_label[label].maximum) == (k.lo, k.hi), label
+    for label, rng in (("Azimuth (degrees)", cameras.VIEW_RANGES["azimuth"]),
+                       ("Elevation (degrees)", cameras.VIEW_RANGES["elevation"]),
+                       ("Input view elevation (estimate, degrees)", cameras.VIEW_RANGES["elevation"]),
+                       ("Distance", cameras.VIEW_RANGES["distance"]), ("Foreground ratio", FOREGROUND_RANGE)):
+        assert (by_label[label].minimum, by_label[label].maximum) == rng, label
+
+
+def test_live_api_refusals_use_cores_words_and_log_one_line(live, capfd):
+    """Out-of-range values through the API get core's message (the command line's words), and the
+    server log gets one line per refusal, not a traceback (tracebacks are for bugs)."""
+    from gradio_client import Client, handle_file
+    run, tmp = live
+    client = Client(run.url, verbose=False)
+    client.predict(api_name="/new_session")
+    capfd.readouterr()
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(bad_inputs(tmp) and tmp / "notes.png")), True, 0.85, 20, api_name="/process")
+    client.predict(handle_file(str(object_png(tmp / "obj2.png"))), True, 0.85, 20, api_name="/process")
+    for args, says in (((1e9, 20, 2.0, 0, 3.0, 900, 0.95), r"azimuth must be a number in \[-180, 180\]"),
+                       ((30, 20, 2.0, -1, 3.0, 900, 0.95), r"seed must be an integer in \[0, 2147483647\]"),
+                       ((30, 20, 2.0, 0, 1e6, 900, 0.95), r"cfg must be a number in \[0, 10\]"),
+                       ((30, 20, 2.0, 0, 3.0, 900, 2.0), r"top_p must be a number in \[0, 1\]")):
+        with pytest.raises(Exception, match=says):
+            client.predict(*args, api_name="/generate")
+    with pytest.raises(Exception, match=r"input elevation must be a number in \[-60, 80\]"):
+        client.predict(1e9, api_name="/set_elevation")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("refused: ") >= 6
 
 
 def test_live_upload_size_limit(live):

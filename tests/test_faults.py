@@ -276,13 +276,14 @@ def test_nvs_cameras_and_sampling_knobs(tiny):
             nvs.generate(src, SRC, [TGT], **kw)
     V = nvs.model.config.vocab_size
     same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
-    for kw, name in ((dict(cfg=1e6), "cfg"), (dict(top_p=7.0), "top_p"), (dict(samples=65), "samples"),
+    for kw, name in ((dict(cfg=1e6), "cfg"), (dict(top_p=7.0), "top_p"), (dict(samples=17), "samples"),
+                     (dict(top_k=4097), "top_k"), (dict(seed=2 ** 31), "seed"),
                      (dict(temperature=11.0), "temperature")):  # past the range: refused, never clamped
         with pytest.raises(ValueError, match=name + " must be"):
             nvs.generate(src, SRC, [TGT], **kw)
     ref = nvs.generate(src, SRC, [TGT], seed=3, top_k=V, top_p=1.0, cfg=10.0)[0]
-    assert same(nvs.generate(src, SRC, [TGT], seed=3, top_k=10 ** 9, top_p=1.0, cfg=10.0)[0], ref)  # k >= V: off
-    frames = list(nvs.stream(src, SRC, TGT, seed=3, top_k=10 ** 9, top_p=1.0, cfg=10.0))
+    assert same(nvs.generate(src, SRC, [TGT], seed=3, top_k=4096, top_p=1.0, cfg=10.0)[0], ref)  # k >= V: off
+    frames = list(nvs.stream(src, SRC, TGT, seed=3, top_k=4096, top_p=1.0, cfg=10.0))
     assert frames[-1].is_final and same(frames[-1].image, ref)
 
 
@@ -316,8 +317,8 @@ def test_ui_knobs_clamp_or_say_what_is_wrong(tmp_path):
                        ((30, 20, 2.0, float("nan"), 3, 900, 0.95), "seed"),
                        ((30, 20, 2.0, 0, 3, float("inf"), 0.95), "top_k"),
                        ((30, 20, float("-inf"), 0, 3, 900, 0.95), "distance"),
-                       ((1e9, 20, 2.0, 0, 3, 900, 0.95), r"azimuth must be a number in \[-360, 360\]"),
-                       ((30, -1e9, 2.0, 0, 3, 900, 0.95), r"elevation must be a number in \[-89, 89\]"),
+                       ((1e9, 20, 2.0, 0, 3, 900, 0.95), r"azimuth must be a number in \[-180, 180\]"),
+                       ((30, -1e9, 2.0, 0, 3, 900, 0.95), r"elevation must be a number in \[-60, 80\]"),
                        ((30, 20, 1e9, 0, 3, 900, 0.95), r"distance must be a number in \[1.2, 4\]"),
                        ((30, 20, 2.0, -5, 3, 900, 0.95), "seed must be"),
                        ((30, 20, 2.0, 0, 1e9, 900, 0.95), r"cfg must be a number in \[0, 10\]"),
@@ -325,17 +326,19 @@ def test_ui_knobs_clamp_or_say_what_is_wrong(tmp_path):
                        ((30, 20, 2.0, 0, 3, 900, 9.0), r"top_p must be a number in \[0, 1\]")):
         with pytest.raises(gr.Error, match=name):  # out of range: the same refusal as the command line's
             list(h.generate(token, *args))
-    assert list(h.generate(token, 360, 89, 4.0, 2 ** 40, 10, 10 ** 6, 1.0))   # every knob at its range's end
+    assert list(h.generate(token, 180, 80, 4.0, 2 ** 31 - 1, 10, 4096, 1.0))   # every knob at its range's end
     with pytest.raises(gr.Error, match="seed"):
         h.views_around(token, 3, float("nan"), 3, 900, 0.95)
-    with pytest.raises(gr.Error, match=r"number of views must be an integer in \[1, 12\]"):
+    with pytest.raises(gr.Error, match=r"number of views must be an integer in \[2, 12\]"):
         h.views_around(token, 1e6, 1, 3, 900, 0.95)
-    assert len(h.views_around(token, 12, 2 ** 40, 3, 900, 0.95)) == 12
+    assert len(h.views_around(token, 12, 2 ** 31 - 1, 3, 900, 0.95)) == 12
     for bad in (1e9, float("nan")):  # /process and /set_elevation: one rule for the input elevation
         with pytest.raises(gr.Error, match=r"input elevation must be a number in \[-60, 80\]"):
             h.process(token, {"path": str(tmp_path / "o.png")}, True, 0.85, bad)
         with pytest.raises(gr.Error, match=r"input elevation must be a number in \[-60, 80\]"):
             h.set_elevation(token, bad)
+    with pytest.raises(gr.Error, match=r"number of views must be an integer in \[2, 12\]"):
+        h.views_around(token, 1, 1, 3, 900, 0.95)
     with pytest.raises(UserError, match="mesh resolution"):
         b.lift(b.sessions.get(token), mesh_resolution=float("nan"))
 

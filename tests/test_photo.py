@@ -26,8 +26,8 @@ def test_views_write_every_frame_and_repeat_with_the_seed(tmp_path, capsys):
     assert files == sorted(res["files"]) and len(files) == 1 + 10            # input + 9 previews + final
     final = np.asarray(Image.open(tmp_path / "a" / "view_az90_el17.6_r2.png"))
     assert final.shape == (128, 128, 3) and final.std() > 5
-    rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "b"), "--azimuth", "90", "200", "--seed", "0")
-    assert rc == 0 and res["files"] == ["input.png", "view_az90_el17.6_r2.png", "view_az200_el17.6_r2.png"]
+    rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "b"), "--azimuth", "90", "-160", "--seed", "0")
+    assert rc == 0 and res["files"] == ["input.png", "view_az90_el17.6_r2.png", "view_az-160_el17.6_r2.png"]
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "c"), "--azimuth", "90", "--previews", "--quiet")
     again = np.asarray(Image.open(tmp_path / "c" / "view_az90_el17.6_r2.png"))
     assert np.array_equal(final, again)                                     # same seed, same view
@@ -51,9 +51,12 @@ def test_lift_writes_a_mesh_from_the_photo_and_generated_views(tmp_path, capsys)
 
 @pytest.mark.parametrize("argv, out_name, says", [
     (["views", PHOTO, "--distance", "50"], "views", "distance must be a number in [1.2, 4]"),
-    (["views", PHOTO, "--elevation", "95"], "views", "elevation must be a number in [-89, 89]"),
+    (["views", PHOTO, "--elevation", "95"], "views", "elevation must be a number in [-60, 80]"),
+    (["views", PHOTO, "--azimuth", "240"], "views", "azimuth must be a number in [-180, 180]"),
     (["views", PHOTO, "--azimuth", "30", "1e308"], "views", "azimuth must be"),
     (["views", PHOTO, "--input-elevation", "1e9"], "views", "input elevation must be"),
+    (["views", PHOTO, "--input-distance", "0.5"], "views", "input distance must be a number in [1.2, 4]"),
+    (["views", PHOTO, "--samples", "17"], "views", "samples must be an integer in [1, 16]"),
     (["views", PHOTO, "--cfg", "1e6"], "views", "cfg must be a number in [0, 10]"),
     (["views", PHOTO, "--top-p", "2"], "views", "top_p must be"),
     (["views", PHOTO, "--seed", "-1"], "views", "seed must be"),

@@ -37,7 +37,7 @@ DEFAULT_RADIUS = 2.0           # objects of extent 1 seen from about radius 2 (a
 DEFAULT_ELEVATION = 20.0       # a typical product-photo view; the user can correct it
 # (a loaded reconstruction model's config overrides both with the values it was trained around)
 RADIUS_RANGE = cameras.VIEW_RANGES["distance"]             # the one rule per camera knob: core.cameras
-ELEVATION_RANGE = cameras.VIEW_RANGES["input_elevation"]
+ELEVATION_RANGE = cameras.VIEW_RANGES["elevation"]
 MAX_STRIP_VIEWS = 12          # views in one strip; the session keeps the last strip's (or as many single views)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 
@@ -69,9 +69,16 @@ def ui_sampling(seed, cfg, top_k, top_p, samples=1) -> SamplingParams:
         raise UserError(str(e)) from None
 
 
-def view_knob(name: str, value) -> float:
+def view_knob(name: str, value, label: str | None = None) -> float:
     """A camera knob by core's one rule (``core.cameras.VIEW_RANGES``), refused as a ``UserError``."""
-    return cameras.check_view_knob(name, value, error=UserError)
+    return cameras.check_view_knob(name, value, error=UserError, label=label)
+
+
+def check_strip_count(n) -> int:
+    """Views in one strip: an integer in [2, MAX_STRIP_VIEWS] (the slider's range), else a UserError."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not (2 <= n <= MAX_STRIP_VIEWS and n == int(n)):
+        raise UserError(f"number of views must be an integer in [2, {MAX_STRIP_VIEWS}], got {n!r}")
+    return int(n)
 
 
 def spread(items: list, n: int) -> list:
@@ -291,7 +298,7 @@ class Backend:
         if image is None:
             raise UserError("drop an image first")
         if elevation is not None:
-            view_knob("input_elevation", elevation)  # refused before the session's source changes
+            view_knob("elevation", elevation, "input elevation")  # refused before the session's source changes
         try:
             img = load_input_image(image)
             res = preprocess(img, remove_background=bool(remove_background),
@@ -310,7 +317,7 @@ class Backend:
         return res
 
     def set_elevation(self, session: Session, elevation: float) -> None:
-        el = view_knob("input_elevation", elevation)
+        el = view_knob("elevation", elevation, "input elevation")
         if el != session.elevation:
             session.elevation = el
             session.generated.clear()
@@ -379,9 +386,7 @@ class Backend:
                      sampling: SamplingParams | None = None) -> list[tuple[Image.Image, str]]:
         """A strip of ``n`` generated views around the object (batch generation)."""
         pipe = self.require("nvs")
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not (1 <= n <= MAX_STRIP_VIEWS and n == int(n)):
-            raise UserError(f"number of views must be an integer in [1, {MAX_STRIP_VIEWS}], got {n!r}")
-        n = int(n)
+        n = check_strip_count(n)
         el = session.elevation if elevation is None else view_knob("elevation", elevation)
         azs = [360.0 * (i + 1) / (n + 1) for i in range(n)]
         targets = [cameras.pose_from_spherical(a, el, session.radius) for a in azs]

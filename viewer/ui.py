@@ -13,17 +13,43 @@ import html
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from core.nvs.sampling import KNOBS, SamplingParams
-from viewer.backend import ELEVATION_RANGE, MAX_STRIP_VIEWS, RADIUS_RANGE, Backend, UserError, gpu, ui_sampling
+from core import cameras
+from core.nvs.sampling import KNOBS, SamplingParams, check_knob
+from core.preprocess import FOREGROUND_RANGE, check_foreground_ratio
+from viewer.backend import (ELEVATION_RANGE, MAX_STRIP_VIEWS, RADIUS_RANGE, Backend, UserError, check_strip_count, gpu,
+                            ui_sampling)
 
 log = logging.getLogger("vantage.viewer")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """A problem the user can fix: shown in the page as is, logged as one line. Gradio prints a
+    traceback for every other exception, which is what a bug should leave in the log."""
+    log.info("refused: %s", message)
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def ruled(component, check: Callable[[Any], Any]):
+    """Check what reaches ``component`` (from the page or the API) by core's rule for its knob, in the
+    command line's words, instead of Gradio's own bounds check (another wording, and a traceback in the
+    log for each refusal). The component's range is the knob's range, so the page never trips it."""
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            check(payload)
+        except ValueError as e:
+            raise user_error(str(e), title="Bad input") from None
+        return original(payload)
+    component.preprocess = preprocess
+    return component
 
 
 def example_paths() -> list[str]:
@@ -55,7 +81,7 @@ class Handlers:
     def _session(self, token: str):
         s = self.backend.sessions.get(token)
         if s is None:
-            raise gr.Error("Your session expired; reload the page.")
+            raise user_error("Your session expired; reload the page.")
         return s
 
     # ---------------------------------------------------------------- input
@@ -66,10 +92,10 @@ class Handlers:
             return payload
         path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", payload)
         if path is None:
-            raise gr.Error("The upload did not arrive; try again.")
+            raise user_error("The upload did not arrive; try again.")
         p = Path(str(path)).resolve()
         if not any(p.is_relative_to(root) for root in self.read_roots):
-            raise gr.Error("Refusing to read a file outside the upload folder.")
+            raise user_error("Refusing to read a file outside the upload folder.")
         return p
 
     def process(self, token: str, payload: Any, remove_background: bool, foreground_ratio: float,
@@ -83,7 +109,7 @@ class Handlers:
         try:
             res = self.backend.set_source(session, src, remove_background, foreground_ratio, elevation)
         except UserError as e:
-            raise gr.Error(str(e), title="Bad input") from None
+            raise user_error(str(e), title="Bad input") from None
         how = ("background removed" if res.background_removed else "background kept") + \
             (f" ({res.note})" if res.note else "")
         return res.image, f"Processed: object box {res.bbox}, {how}."
@@ -92,7 +118,7 @@ class Handlers:
         try:
             self.backend.set_elevation(self._session(token), elevation)
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
 
     # ---------------------------------------------------------------- novel views
 
@@ -107,7 +133,7 @@ class Handlers:
                 tag = "final" if f.is_final else "preview"
                 yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s"
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
 
     def views_around(self, token: str, n: float, seed: float, guidance: float, top_k: float, top_p: float,
                      samples: float = 1):
@@ -115,7 +141,7 @@ class Handlers:
             return self.backend.views_around(self._session(token), n,
                                              sampling=ui_sampling(seed, guidance, top_k, top_p, samples))
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
 
     # ---------------------------------------------------------------- 3D
 
@@ -127,7 +153,7 @@ class Handlers:
         try:
             out = self.backend.lift(session, use_generated=bool(use_generated), progress=say)
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
         files = [str(out[k]) for k in ("glb", "ply", "obj")]
         return (str(out["glb"]), files,
                 f"Mesh ready in {time.perf_counter() - t0:.1f} s ({len(session.mesh.vertices)} vertices).")
@@ -139,7 +165,15 @@ class Handlers:
         try:
             return str(self.backend.orbit(session))
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
+
+
+def _camera(name: str, label: str | None = None) -> Callable[[Any], Any]:
+    return lambda v: cameras.check_view_knob(name, v, label=label)
+
+
+def _sampling(name: str) -> Callable[[Any], Any]:
+    return lambda v: check_knob(name, v)
 
 
 def viser_iframe(token: str | None) -> str:
@@ -168,10 +202,12 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                                     elem_id="input-image")
                 with gr.Row():
                     remove_bg = gr.Checkbox(value=True, label="Remove background")
-                    fg_ratio = gr.Slider(0.5, 1.0, value=0.85, step=0.01, label="Foreground ratio")
-                elevation_in = gr.Slider(*ELEVATION_RANGE, value=round(backend.default_elevation), step=1,
-                                         label="Input view elevation (estimate, degrees)",
-                                         info="How far above the object the photo was taken; adjust if views look tilted.")
+                    fg_ratio = ruled(gr.Slider(*FOREGROUND_RANGE, value=0.85, step=0.01, label="Foreground ratio"),
+                                     check_foreground_ratio)
+                elevation_in = ruled(gr.Slider(*ELEVATION_RANGE, value=round(backend.default_elevation), step=1,
+                                               label="Input view elevation (estimate, degrees)",
+                                               info="How far above the object the photo was taken; adjust if "
+                                                    "views look tilted."), _camera("elevation", "input elevation"))
                 processed = gr.Image(label="Processed input", type="pil", height=256, interactive=False,
                                      elem_id="processed-image")
                 input_status = gr.Markdown("Drop a photo of an object (a plain background works best).")
@@ -180,26 +216,35 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                     gr.Examples(examples=examples, inputs=[image_in], label="Examples")
             with gr.Column(scale=1):
                 gr.Markdown("### Novel view")
-                azimuth = gr.Slider(-180, 180, value=45, step=1, label="Azimuth (degrees)")
-                elevation_t = gr.Slider(-30, 80, value=round(backend.default_elevation), step=1, label="Elevation (degrees)")
-                distance = gr.Slider(*RADIUS_RANGE, value=round(backend.default_radius, 2), step=0.05, label="Distance")
+                # every slider spans its knob's range in core, and the API is held to the same rule
+                azimuth = ruled(gr.Slider(*cameras.VIEW_RANGES["azimuth"], value=45, step=1,
+                                          label="Azimuth (degrees)"), _camera("azimuth"))
+                elevation_t = ruled(gr.Slider(*cameras.VIEW_RANGES["elevation"], value=round(backend.default_elevation),
+                                              step=1, label="Elevation (degrees)"), _camera("elevation"))
+                distance = ruled(gr.Slider(*RADIUS_RANGE, value=round(backend.default_radius, 2), step=0.05,
+                                           label="Distance"), _camera("distance"))
                 with gr.Accordion("Advanced", open=False):
                     d = SamplingParams()  # defaults and ranges: core.nvs.sampling.KNOBS
-                    seed = gr.Number(value=d.seed, precision=0, label="Seed")
-                    guidance = gr.Slider(*KNOBS["cfg"].slider_range, value=d.cfg, step=0.1, label="Guidance (CFG)")
-                    top_k = gr.Slider(*KNOBS["top_k"].slider_range, value=d.top_k, step=1, label="Top-k (0 = off)")
-                    top_p = gr.Slider(*KNOBS["top_p"].slider_range, value=d.top_p, step=0.01, label="Top-p (0 or 1 = off)")
-                    samples = gr.Slider(*KNOBS["samples"].slider_range, value=d.samples, step=1,
-                                        label="Average of N samples",
-                                        info="The mean of N drawn views: nearer the expected view (higher PSNR), "
-                                             "softer, N times the sampling. Generate and the strip; the 3D view "
-                                             "draws one.")
+                    seed = ruled(gr.Number(value=d.seed, precision=0, minimum=KNOBS["seed"].lo,
+                                           maximum=KNOBS["seed"].hi, label="Seed"), _sampling("seed"))
+                    guidance = ruled(gr.Slider(KNOBS["cfg"].lo, KNOBS["cfg"].hi, value=d.cfg, step=0.1,
+                                               label="Guidance (CFG)"), _sampling("cfg"))
+                    top_k = ruled(gr.Slider(KNOBS["top_k"].lo, KNOBS["top_k"].hi, value=d.top_k, step=1,
+                                            label="Top-k (0 = off)"), _sampling("top_k"))
+                    top_p = ruled(gr.Slider(KNOBS["top_p"].lo, KNOBS["top_p"].hi, value=d.top_p, step=0.01,
+                                            label="Top-p (0 or 1 = off)"), _sampling("top_p"))
+                    samples = ruled(gr.Slider(KNOBS["samples"].lo, KNOBS["samples"].hi, value=d.samples, step=1,
+                                              label="Average of N samples",
+                                              info="The mean of N drawn views: nearer the expected view (higher "
+                                                   "PSNR), softer, N times the sampling. Generate and the strip; "
+                                                   "the 3D view draws one."), _sampling("samples"))
                 gen_btn = gr.Button("Generate", variant="primary", interactive=nvs_on)
                 view_out = gr.Image(label="Generated view", type="pil", height=256, interactive=False,
                                     elem_id="novel-view")
                 view_label = gr.Markdown("", elem_id="novel-view-label")
                 with gr.Row():
-                    n_views = gr.Slider(2, MAX_STRIP_VIEWS, value=6, step=1, label="Views around the object")
+                    n_views = ruled(gr.Slider(2, MAX_STRIP_VIEWS, value=6, step=1, label="Views around the object"),
+                                    check_strip_count)
                     strip_btn = gr.Button("Generate strip", interactive=nvs_on)
                 strip = gr.Gallery(label="Views around the object", columns=6, height=180)
         gr.Markdown("### 3D view (drag to orbit: every move generates that view)")

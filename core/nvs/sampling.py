@@ -26,40 +26,35 @@ class SamplingError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
-    """One knob's documented range, and its one rule, the same in the pipeline, the command line
-    and the app: a value that is not a finite number, or lies outside [lo, hi], is refused with a
-    ``SamplingError`` that names the knob and the range. ``slider_hi``: where the app's slider
-    stops, inside the range (values past it are still accepted from the API)."""
+    """One knob's documented range and its one rule, the same in the pipeline, the command line and
+    the app (whose sliders span exactly this range): a value that is not a finite number, or lies
+    outside [lo, hi], is refused with a ``SamplingError`` naming the knob and the range."""
     lo: float
-    hi: float | None
+    hi: float
     integer: bool
     help: str
-    slider_hi: float | None = None
-
-    @property
-    def slider_range(self) -> tuple[float, float]:
-        return self.lo, self.slider_hi if self.slider_hi is not None else self.hi
 
 
 KNOBS: dict[str, Knob] = {
-    "seed": Knob(0, 2 ** 63 - 1, True, "seed of the first sample (sample j uses seed + j)"),
+    "seed": Knob(0, 2 ** 31 - 1, True, "seed of the first sample (sample j uses seed + j)"),
     "cfg": Knob(0.0, 10.0, False, "classifier-free guidance, ramped linearly over the scales (ArchonView: 3)"),
-    "top_k": Knob(0, None, True, "keep the k most likely tokens (0 or >= vocabulary = off)", slider_hi=4096),
+    # 4096 is the largest published vocabulary (VAR's tokenizer); k >= the model's vocabulary = off
+    "top_k": Knob(0, 4096, True, "keep the k most likely tokens (0 or >= vocabulary = off)"),
     "top_p": Knob(0.0, 1.0, False, "keep the smallest set of tokens with this mass (0 or 1 = off)"),
     "temperature": Knob(0.0, 10.0, False, "softmax temperature (0 = greedy, the most likely token)"),
-    # each sample costs about one view's sampling time; the app's slider stops at 16
-    "samples": Knob(1, 64, True, "pixel mean of N sampled views per camera (1 = one sample)", slider_hi=16),
+    # each sample costs about one view's sampling time
+    "samples": Knob(1, 16, True, "pixel mean of N sampled views per camera (1 = one sample)"),
 }
 
 
-def _checked(name: str, value: Any):
+def check_knob(name: str, value: Any):
     """``value`` as knob ``name``'s type, or a SamplingError saying the knob's range."""
     k = KNOBS[name]
-    what = f"{'an integer' if k.integer else 'a number'} in [{k.lo:g}, {'inf' if k.hi is None else f'{k.hi:g}'}]"
+    what = f"an integer in [{k.lo}, {k.hi}]" if k.integer else f"a number in [{k.lo:g}, {k.hi:g}]"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)):
         raise SamplingError(f"{name} must be {what}, got {value!r}")
-    if (k.integer and float(value) != int(value)) or value < k.lo or (k.hi is not None and value > k.hi):
+    if (k.integer and float(value) != int(value)) or not k.lo <= value <= k.hi:
         raise SamplingError(f"{name} must be {what}, got {value!r}")
     return int(value) if k.integer else float(value)
 
@@ -77,7 +72,7 @@ class SamplingParams:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name)))
+            object.__setattr__(self, f.name, check_knob(f.name, getattr(self, f.name)))
 
     @classmethod
     def of(cls, sampling: "SamplingParams | None" = None, **knobs) -> "SamplingParams":
