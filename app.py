@@ -151,13 +151,24 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Vantage running at {run.url} (3D view proxied at {run.url.rstrip('/')}/viser/)")
+    stop_on_sigterm()
     try:
         run.demo.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
-        run.close()
+        run.close()   # every session's files (and Gradio's copies of them) removed, as on Ctrl+C
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (how Spaces, systemd and docker stop a server) takes Ctrl+C's path: the main thread
+    leaves ``block_thread`` and ``Running.close`` removes every session's files."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

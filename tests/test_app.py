@@ -1,6 +1,7 @@
 """The Gradio app: handlers called directly, then one in-process launch driven by gradio_client."""
 import io
 import re
+from pathlib import Path
 import struct
 import zlib
 
@@ -203,6 +204,10 @@ def test_live_stream_glb_and_bad_inputs(live):
     assert len(outs) >= 3 and len(set(scales)) >= 3 and scales == sorted(scales) and "final" in labels[-1]
     sizes = {Image.open(p).size for p, _ in job.outputs()}
     assert len(sizes) == 1
+    png = b"\x89PNG\r\n\x1a\n"   # lossless, as users compare views (Gradio's default is WebP)
+    assert all(Path(p).read_bytes()[:8] == png for p, _ in job.outputs()) and Path(processed).read_bytes()[:8] == png
+    strip = client.predict(3, 0, 3.0, 900, 0.95, 1, api_name="/views_around")
+    assert len(strip) == 3 and all(Path(item["image"]).read_bytes()[:8] == png for item in strip)
     client.predict(60, 20, 2.0, 0, 3.0, 900, 0.95, 3, api_name="/generate")  # Advanced: average of 3 samples
     if hasattr(run.backend.nvs, "last_samples"):
         assert run.backend.nvs.last_samples == 3
@@ -263,6 +268,71 @@ def test_live_api_refusals_use_cores_words_and_log_one_line(live, capfd, caplog)
     assert "Traceback" not in capfd.readouterr().err
     refused = [r for r in caplog.records if r.getMessage().startswith("refused: ")]
     assert len(refused) >= 6 and all(r.exc_info is None and "\n" not in r.getMessage() for r in refused)
+
+
+def test_closing_a_session_removes_gradios_copies_of_its_exports(live):
+    """'Removed when the tab closes' holds for every copy: Gradio serves a handler's files from its own
+    cache, and those copies stop being served when the session closes (not at Gradio's hourly sweep)."""
+    import re as _re
+
+    import httpx
+    from gradio_client import Client, handle_file
+    run, tmp = live
+    client = Client(run.url, verbose=False, download_files=False)   # file outputs as the server's URLs
+    html, _ = client.predict(api_name="/new_session")
+    token = _re.search(r"/viser/s/([A-Za-z0-9_\-]+)/", html).group(1)
+    client.predict(handle_file(str(object_png(tmp / "obj3.png"))), True, 0.85, 20, api_name="/process")
+    glb, files, status = client.predict(False, api_name="/lift")
+    urls = [f["url"] for f in [glb, *files]]
+    assert len(urls) == 4 and all(httpx.get(u, timeout=10).status_code == 200 for u in urls)
+    run.backend.sessions.close(token)
+    assert all(httpx.get(u, timeout=10).status_code in (403, 404) for u in urls)
+    assert not any(Path(f["path"]).exists() for f in [glb, *files])
+
+
+def test_session_cap_evicts_the_longest_idle(tmp_path):
+    store = SessionStore(tmp_path / "s", max_sessions=3)
+    made = []
+    import time
+    for i in range(5):
+        made.append(store.new())
+        made[-1].last_used = time.time() - 100 + i   # made[0] idle the longest
+    store.get(made[2].token)                   # touched now: the most recently used
+    assert len(store) == 3
+    assert store.get(made[0].token) is None and store.get(made[1].token) is None
+    assert not made[0].folder.exists() and made[4].folder.exists()
+    store.new()
+    assert len(store) == 3 and store.get(made[3].token) is None and store.get(made[2].token) is not None
+
+
+def test_sigterm_removes_every_sessions_files(tmp_path):
+    """Stopping the server with SIGTERM (Spaces, systemd) cleans up as Ctrl+C does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from gradio_client import Client
+    from core.bench.app import free_port, wait_http
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmpdir), GRADIO_TEMP_DIR=str(tmp_path / "gradio"), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--checkpoints", str(tmp_path / "none")],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", 120, proc)
+        Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/new_session")
+        roots = list(tmpdir.glob("vantage-*"))
+        sessions = [p for r in roots for p in r.iterdir()]
+        assert len(roots) == 1 and len(sessions) == 1
+        (sessions[0] / "object.glb").write_bytes(b"glTF")    # stands for an export
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list(tmpdir.glob("vantage-*")), "a session's files were left behind"
 
 
 def test_live_upload_size_limit(live):

@@ -40,6 +40,7 @@ RADIUS_RANGE = cameras.VIEW_RANGES["distance"]             # the one rule per ca
 ELEVATION_RANGE = cameras.VIEW_RANGES["elevation"]
 MAX_STRIP_VIEWS = 12          # views in one strip; the session keeps the last strip's (or as many single views)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
+MAX_SESSIONS = 64             # live sessions at most; a new one evicts the one idle the longest
 
 
 class UserError(ValueError):
@@ -136,18 +137,26 @@ class Session:
 class SessionStore:
     """Per-session temp folders under one private root, removed on close or when idle."""
 
-    def __init__(self, root: str | Path | None = None, ttl_s: float = SESSION_TTL_S):
+    def __init__(self, root: str | Path | None = None, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="vantage-"))
         if root is None:  # our own temp root goes away with the process, even without close_all()
             atexit.register(shutil.rmtree, self.root, True)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.ttl_s = ttl_s
+        self.ttl_s, self.max_sessions = ttl_s, max_sessions
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, str], None]] = []   # (token, event) -> None
+        # called with a closing session's folder before it is removed (the UI drops Gradio's copies of its files)
+        self.before_remove: list[Callable[[Path], None]] = []
 
     def new(self) -> Session:
         self.sweep()
+        with self._lock:  # at the cap, the session idle the longest makes room (its files go with it)
+            excess = sorted(self._sessions.values(), key=lambda s: s.last_used)[:max(0, len(self._sessions) - self.max_sessions + 1)]
+        for old in excess:
+            log.info("session cap (%d) reached: closing the session idle for %.0f s", self.max_sessions,
+                     time.time() - old.last_used)
+            self.close(old.token)
         token = secrets.token_urlsafe(16)
         folder = self.root / token
         folder.mkdir(mode=0o700)
@@ -170,7 +179,14 @@ class SessionStore:
             s = self._sessions.pop(token, None) if token else None
         if s is not None:
             s.version += 1
+            for cb in list(self.before_remove):
+                try:
+                    cb(s.folder)
+                except Exception:  # a failing hook must not keep the session's own files
+                    log.exception("before_remove hook failed")
             shutil.rmtree(s.folder, ignore_errors=True)
+            s.encoded = s.mesh = s.scene = s.source = None   # a lingering reference keeps no model state alive
+            s.generated = []
             self.notify(s.token, "closed")
 
     def sweep(self) -> None:

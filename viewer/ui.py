@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +51,19 @@ def ruled(component, check: Callable[[Any], Any]):
         return original(payload)
     component.preprocess = preprocess
     return component
+
+
+def purge_gradio_copies(folder: Path) -> None:
+    """Gradio serves every file a handler returns from a copy in its own cache
+    (``<upload folder>/<hash of the file>/<name>``, ``processing_utils.save_file_to_cache``). When a
+    session closes, its exports' copies go too, so a closed tab's meshes are no longer served."""
+    from gradio import processing_utils
+    cache = Path(get_upload_folder()).resolve()
+    for f in Path(folder).glob("*"):
+        if f.is_file() and not f.name.startswith("."):
+            copy_dir = cache / processing_utils.hash_file(f)
+            if (copy_dir / f.name).is_file():
+                shutil.rmtree(copy_dir, ignore_errors=True)
 
 
 def example_paths() -> list[str]:
@@ -186,6 +200,8 @@ def viser_iframe(token: str | None) -> str:
 def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Blocks:
     """The whole page; handler functions are reachable by ``api_name`` for gradio_client."""
     h = Handlers(backend)
+    if purge_gradio_copies not in backend.sessions.before_remove:
+        backend.sessions.before_remove.append(purge_gradio_copies)
     nvs_on, recon_on = backend.nvs_ready, backend.recon_ready
     # delete_cache: Gradio's own copies of outputs/uploads older than an hour are removed hourly
     with gr.Blocks(title="Vantage: one photo to novel views and 3D", delete_cache=(3600, 3600)) as demo:
@@ -208,7 +224,7 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                                                label="Input view elevation (estimate, degrees)",
                                                info="How far above the object the photo was taken; adjust if "
                                                     "views look tilted."), _camera("elevation", "input elevation"))
-                processed = gr.Image(label="Processed input", type="pil", height=256, interactive=False,
+                processed = gr.Image(label="Processed input", type="pil", format="png", height=256, interactive=False,
                                      elem_id="processed-image")
                 input_status = gr.Markdown("Drop a photo of an object (a plain background works best).")
                 examples = example_paths()
@@ -239,14 +255,15 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
                                                    "PSNR), softer, N times the sampling. Generate and the strip; "
                                                    "the 3D view draws one."), _sampling("samples"))
                 gen_btn = gr.Button("Generate", variant="primary", interactive=nvs_on)
-                view_out = gr.Image(label="Generated view", type="pil", height=256, interactive=False,
+                # generated views go out losslessly (PNG, not Gradio's default WebP): users compare them
+                view_out = gr.Image(label="Generated view", type="pil", format="png", height=256, interactive=False,
                                     elem_id="novel-view")
                 view_label = gr.Markdown("", elem_id="novel-view-label")
                 with gr.Row():
                     n_views = ruled(gr.Slider(2, MAX_STRIP_VIEWS, value=6, step=1, label="Views around the object"),
                                     check_strip_count)
                     strip_btn = gr.Button("Generate strip", interactive=nvs_on)
-                strip = gr.Gallery(label="Views around the object", columns=6, height=180)
+                strip = gr.Gallery(label="Views around the object", columns=6, height=180, format="png")
         gr.Markdown("### 3D view (drag to orbit: every move generates that view)")
         viser_html = gr.HTML(viser_iframe(None), elem_id="viser-view")
         session_md = gr.Markdown("")
