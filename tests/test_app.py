@@ -335,6 +335,19 @@ def test_sigterm_removes_every_sessions_files(tmp_path):
     assert not list(tmpdir.glob("vantage-*")), "a session's files were left behind"
 
 
+def test_readme_api_example_runs(live):
+    """The README's gradio_client example, run as written (server address and photo path swapped)."""
+    import re as _re
+    run, tmp = live
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = _re.search(r"<!-- api-example:.*?-->\n```python\n(.*?)```", readme, _re.S).group(1)
+    code = code.replace("http://127.0.0.1:7860/", run.url).replace('"photo.png"', repr(str(object_png(tmp / "api.png"))))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert Path(scope["view"]).read_bytes()[:4] == b"\x89PNG" and "final" in scope["label"]
+    assert Path(scope["glb"]).stat().st_size > 0 and "Mesh ready" in scope["status"]
+
+
 def test_live_upload_size_limit(live):
     import httpx
     run, _ = live

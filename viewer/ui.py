@@ -277,7 +277,9 @@ def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Block
             orbit = gr.Image(label="Orbit of the mesh (animated)", type="filepath", height=360, interactive=False)
         downloads = gr.File(label="Downloads (GLB, PLY, OBJ)", file_count="multiple", interactive=False)
 
-        demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session")
+        demo.load(h.new_session, outputs=[token, viser_html, session_md], api_name="new_session",
+                  api_description="Call this first, once per client: every other endpoint works on the session it "
+                                  "opens (and answers 'Your session expired' without one).")
         demo.unload(h.end_session)
         proc_inputs = [token, image_in, remove_bg, fg_ratio, elevation_in]
         image_in.change(h.process, proc_inputs, [processed, input_status], preprocess=False,
