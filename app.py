@@ -101,11 +101,14 @@ class Running:
     scene: object
     backend: object
     url: str
+    janitor: object = None    # threading.Event that stops the backend's janitor
 
     def close(self) -> None:
         try:
             self.demo.close()
         finally:
+            if self.janitor is not None:
+                self.janitor.set()
             self.scene.stop()
             self.backend.sessions.close_all()
 
@@ -123,6 +126,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
     warning = exposure_warning(host, share)
     if warning:  # printed, not logged: it must show even when logging is not configured
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    from viewer.backend import return_large_blocks_at_once
+    return_large_blocks_at_once()
     backend = backend or Backend.load(checkpoints, device=device)
     scene = ViserScene(backend, host="127.0.0.1", port=0)
     demo = build_demo(backend, exposed_warning=warning)
@@ -138,7 +143,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
         # taken between the check above and the bind (Gradio words it for its own API)
         raise AddressUnavailable(port_message(host, port, "taken while the app was starting")) from None
     mount_viser_proxy(demo.app, scene.port)
-    return Running(demo, scene, backend, demo.local_url)
+    return Running(demo, scene, backend, demo.local_url, backend.start_janitor())
 
 
 def main(argv=None) -> int:

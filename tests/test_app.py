@@ -305,6 +305,24 @@ def test_session_cap_evicts_the_longest_idle(tmp_path):
     assert len(store) == 3 and store.get(made[3].token) is None and store.get(made[2].token) is not None
 
 
+def test_janitor_sweeps_expired_sessions_while_idle(tmp_path, monkeypatch):
+    """Expired sessions go even when nobody opens a new one, and freed memory is handed back then."""
+    import time
+    import viewer.backend as vb
+    trims = []
+    monkeypatch.setattr(vb, "release_memory", lambda: trims.append(1))
+    b = Backend(FakeNVS(), FakeRecon(), sessions=SessionStore(tmp_path / "s", ttl_s=0.2))
+    s = b.sessions.new()
+    stop = b.start_janitor(0.05)
+    try:
+        t_end = time.time() + 5
+        while len(b.sessions) and time.time() < t_end:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    assert len(b.sessions) == 0 and not s.folder.exists() and trims
+
+
 def test_sigterm_removes_every_sessions_files(tmp_path):
     """Stopping the server with SIGTERM (Spaces, systemd) cleans up as Ctrl+C does."""
     import os

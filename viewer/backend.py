@@ -11,6 +11,7 @@ stale work instead of queueing behind it.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import math
 import os
@@ -29,7 +30,8 @@ from PIL import Image
 
 from core import cameras
 from core.nvs.sampling import SamplingError, SamplingParams
-from core.preprocess import ImageInputError, finite_clamped, PreprocessResult, load_input_image, preprocess
+from core.preprocess import (ImageInputError, PreprocessResult, check_foreground_ratio, finite_clamped, load_input_image,
+                             preprocess)
 
 log = logging.getLogger("vantage.viewer")
 
@@ -41,6 +43,30 @@ ELEVATION_RANGE = cameras.VIEW_RANGES["elevation"]
 MAX_STRIP_VIEWS = 12          # views in one strip; the session keeps the last strip's (or as many single views)
 SESSION_TTL_S = 3600.0         # idle sessions (and their files) are dropped after this
 MAX_SESSIONS = 64             # live sessions at most; a new one evicts the one idle the longest
+
+
+JANITOR_S = 15.0              # how often an idle server sweeps expired sessions and returns freed memory
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS. glibc keeps it otherwise: after a hostile run (300 sessions,
+    bad files, 8 concurrent clients) the server held ~0.5 GB of freed memory it never gave back (RSS
+    1188 MB -> 694 MB on ``malloc_trim``, measured). A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def return_large_blocks_at_once(threshold: int = 1 << 20) -> None:
+    """Serve every allocation of ``threshold`` bytes or more with its own mapping, returned to the OS
+    on free. glibc's default raises that threshold after each large free (up to 32 MB), after which
+    images, meshes and activations come from the heap and stay there: the server's memory then
+    climbs with load and falls only at a ``malloc_trim``. A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 class UserError(ValueError):
@@ -254,6 +280,23 @@ class Backend:
                                        *ELEVATION_RANGE)
         self.compute = threading.Lock()   # one model call at a time (see module doc)
 
+    def start_janitor(self, interval_s: float = JANITOR_S) -> threading.Event:
+        """A daemon thread that, every ``interval_s`` while no model call is running, closes expired
+        sessions (otherwise swept only when a new one opens) and returns freed memory to the OS.
+        Set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(interval_s):
+                self.sessions.sweep()
+                if self.compute.acquire(blocking=False):   # idle: nobody is generating
+                    try:
+                        release_memory()
+                    finally:
+                        self.compute.release()
+        threading.Thread(target=loop, name="vantage-janitor", daemon=True).start()
+        return stop
+
     @classmethod
     def load(cls, checkpoints: str | Path | None, device: str = "cpu", **kw) -> "Backend":
         """Load what is there; record what is not (with how to get it) instead of failing."""
@@ -315,6 +358,10 @@ class Backend:
             raise UserError("drop an image first")
         if elevation is not None:
             view_knob("elevation", elevation, "input elevation")  # refused before the session's source changes
+        try:
+            check_foreground_ratio(foreground_ratio)
+        except ImageInputError as e:
+            raise UserError(str(e)) from None
         try:
             img = load_input_image(image)
             res = preprocess(img, remove_background=bool(remove_background),

@@ -1,6 +1,7 @@
 """Load test (a script, not a CI test): one server on loopback, many users at once.
 
     python -m viewer.loadtest --seconds 60 --gradio-clients 8 --viser-clients 4 --out reliability.json
+    python -m viewer.loadtest --soak [--rounds 3 --sessions 300 --clients 8 --idle-seconds 60] --out soak.json
 
 Starts ``python app.py`` (the real server, shipped checkpoints) on 127.0.0.1, then for
 ``--seconds``: N ``gradio_client`` sessions, each with its own synthetic photo, request
@@ -147,6 +148,70 @@ def viser_worker(j, m, ws, deadline, stats, rec):
     rec["sent"] = sent
 
 
+def start_server(checkpoints: str, device: str, log_path: Path):
+    """``python app.py`` on a free loopback port -> (process, url), once it answers."""
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", device, "--checkpoints", checkpoints],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(url, 180, proc)
+    except Exception:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def soak(args) -> dict:
+    """The hostile suite (``viewer.hostile``) ``--rounds`` times against a fresh server, then
+    ``--idle-seconds`` with every client gone: the server's resident memory when warm, at its peak and
+    after the idle, as JSON. Target: after idle within 300 MB of the warm start."""
+    from gradio_client import handle_file
+    from viewer import hostile
+    tmp = Path(tempfile.mkdtemp(prefix="vantage-soak-"))
+    proc, url = start_server(args.checkpoints, args.device, tmp / "server.log")
+    res: dict = {"command": "python -m viewer.loadtest " + " ".join(sys.argv[1:]), "mode": "soak",
+                 "rounds": args.rounds, "sessions_per_round": args.sessions, "clients": args.clients,
+                 "idle_seconds": args.idle_seconds, "checkpoints": args.checkpoints}
+    try:
+        c, _ = hostile.new_session(url)        # warm every path once: a view, a strip, a lift
+        c.predict(handle_file(str(ROOT / "assets" / "render_car.png")), True, 0.85, 20, api_name="/process")
+        c.predict(*hostile.GENERATE, api_name="/generate")
+        c.predict(4, 0, 3.0, 900, 0.95, 1, api_name="/views_around")
+        c.predict(False, api_name="/lift")
+        c.close()
+        time.sleep(2.0)
+        start = rss_mb(proc.pid)
+        samples, stop = [start], threading.Event()
+
+        def sample():
+            while not stop.wait(0.5):
+                samples.append(rss_mb(proc.pid))
+        threading.Thread(target=sample, daemon=True).start()
+        rounds = [hostile.run(url, args.sessions, args.clients, tmp) for _ in range(args.rounds)]
+        after_load = rss_mb(proc.pid)
+        time.sleep(args.idle_seconds)
+        stop.set()
+        idle = rss_mb(proc.pid)
+        res["hostile"] = [{"pass": r["pass"], "failed": r["failed"], "canary_views": r["canary"]["views"],
+                           "canary_errors": r["canary"]["errors"], "seconds": r["seconds"]} for r in rounds]
+        res["rss_mb"] = {"warm_start": round(start, 1), "peak": round(max(samples + [after_load]), 1),
+                         "after_load": round(after_load, 1), "after_idle": round(idle, 1),
+                         "after_idle_minus_warm_start": round(idle - start, 1), "target_within": 300}
+        res["pass"] = all(r["pass"] for r in rounds) and idle - start <= 300
+    except Exception as e:
+        res.update(error=f"{type(e).__name__}: {e}", **{"pass": False})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m viewer.loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
@@ -156,18 +221,24 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--out", default=None)
+    p.add_argument("--soak", action="store_true", help="instead: the hostile suite --rounds times, then an idle "
+                   "wait; reports the server's memory (warm start, peak, after idle) as JSON")
+    p.add_argument("--rounds", type=int, default=3, help="--soak: hostile-suite rounds")
+    p.add_argument("--sessions", type=int, default=300, help="--soak: /new_session calls per round")
+    p.add_argument("--clients", type=int, default=8, help="--soak: concurrent clients per round")
+    p.add_argument("--idle-seconds", type=float, default=60.0, help="--soak: wait with no client before the last reading")
     args = p.parse_args(argv)
+    if args.soak:
+        res = soak(args)
+        emit_json(res, args.out)
+        return 0 if res["pass"] else 1
     import faulthandler
     import signal
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack (a stuck run)
     G, M = args.gradio_clients, args.viser_clients
     tmp = Path(tempfile.mkdtemp(prefix="vantage-load-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                             "--device", args.device, "--checkpoints", args.checkpoints],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
+    proc, url = start_server(args.checkpoints, args.device, tmp / "server.log")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
     result: dict = {"command": "python -m viewer.loadtest " + " ".join(sys.argv[1:] if argv is None else argv),
                     "seconds": args.seconds, "gradio_clients": G, "viser_clients": M, "host": "127.0.0.1",
                     "checkpoints": args.checkpoints, "cpu_count": os.cpu_count(),
@@ -175,7 +246,6 @@ def main(argv=None) -> int:
     stats, rc = Stats(), 1
     viser: list[ViserWireClient] = []
     try:
-        wait_http(url, 180, proc)
         sessions = [gradio_session(url, photo(i, tmp / f"p{i}.png")) for i in range(G + M)]
         grad, vis_sess = sessions[:G], sessions[G:]
         for j, (_, tok) in enumerate(vis_sess):           # connect, then at once send a first camera (a browser does)
