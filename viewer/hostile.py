@@ -217,6 +217,7 @@ def run_cases(url: str, tmp: Path, sessions: int, clients: int, out: Outcome) ->
 def run(url: str, sessions: int = 300, clients: int = 8, tmp: Path | None = None) -> dict:
     """All cases with a canary running; the JSON summary (``pass`` when every case held)."""
     tmp = Path(tmp or tempfile.mkdtemp(prefix="vantage-hostile-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     out, stop = Outcome(), threading.Event()
     th = threading.Thread(target=canary, args=(url, object_photo(tmp / "canary.png", 99), stop, out), daemon=True)
     th.start()
