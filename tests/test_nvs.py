@@ -478,7 +478,10 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
     assert state["step"] == 2 and (tmp_path / "run" / "ckpt-latest" / "optimizer.safetensors").is_file()
     assert (tmp_path / "run" / "ckpt-best" / "model.safetensors").is_file()
     # resume in online mode (each batch tokenised by the current tokenizer, which it follows)
-    assert train_main(args + ["--steps", "3", "--resume", "--online", "--follow-tokenizer", "1"]) == 0
+    assert train_main(args + ["--steps", "3", "--resume", "--online", "--follow-tokenizer", "1"]) == 2  # schedule
+    assert train_main(args + ["--steps", "3", "--resume", "--width", "64"]) == 2                   # model size
+    assert train_main(args + ["--steps", "3", "--resume", "--online", "--follow-tokenizer", "1",
+                              "--force-schedule"]) == 0
     assert json.loads((tmp_path / "run" / "ckpt-latest" / "train_state.json").read_text())["step"] == 3
     assert (tmp_path / "run" / "tokenizer" / "config.json").is_file()  # the tokenizer travels with the model
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

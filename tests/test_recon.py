@@ -253,7 +253,12 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     assert state["step"] == 2 and (out / "ckpt-latest" / "optimizer.safetensors").is_file()
     assert state["precision"] == "fp32"  # --precision auto on a CPU
     w2 = ReconPipeline.from_pretrained(out).model.state_dict()
-    assert train_main(base + ["--steps", "4", "--resume"]) == 0
+    with pytest.raises(SystemExit, match=r"schedule differs from the run's: --steps 2 -> 4"):
+        train_main(base + ["--steps", "4", "--resume"])
+    assert train_main(base + ["--steps", "4", "--resume", "--force-schedule"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(g["step_from"], g["step_to"]) for g in manifest["segments"]] == [(0, 2), (2, 4)]
+    assert manifest["samples_seen"] == 8 and all(g["ended"] and g["machine"]["cpu"] for g in manifest["segments"])
     assert json.loads((out / "ckpt-latest" / "train_state.json").read_text())["step"] == 4
     w4 = ReconPipeline.from_pretrained(out).model.state_dict()
     assert torch.equal(ReconPipeline.from_pretrained(out / "ckpt-latest").model.state_dict()["head.weight"],

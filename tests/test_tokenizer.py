@@ -342,7 +342,7 @@ def test_train_resume_and_eval_cli(tmp_path):
     assert train_main(args + ["--steps", "3"]) == 0
     st = json.loads((run / "ckpt-latest" / "train_state.json").read_text())
     assert st["step"] == 3 and (run / "ckpt-latest" / "optimizer.safetensors").is_file() and (run / "ckpt-best").is_dir()
-    assert train_main(args + ["--steps", "5", "--resume"]) == 0
+    assert train_main(args + ["--steps", "5", "--resume", "--force-schedule"]) == 0
     assert json.loads((run / "ckpt-latest" / "train_state.json").read_text())["step"] == 5
     assert not list(run.glob(".ckpt-*"))  # no temp folders left behind
     assert MultiScaleVQVAE.from_pretrained(run).config == tiny_config()  # the final model sits in --out
@@ -377,8 +377,8 @@ def test_decoder_finetune_keeps_every_token(tmp_path):
     x = images(2)
     assert all(torch.equal(i, j) for i, j in zip(base.encode_indices(x), tuned.encode_indices(x)))
     assert train_main(["--data", str(data), "--out", str(tmp_path / "r2"), "--init", str(tmp_path / "nope")]) == 2
-    assert train_main(args[:-2] + ["--steps", "4", "--resume", "--train", "all"]) == 2  # resumed with another mode
-    assert train_main(args[:-2] + ["--steps", "4", "--resume"]) == 0
+    assert train_main(args[:-2] + ["--steps", "4", "--resume", "--train", "all", "--force-schedule"]) == 2  # mode
+    assert train_main(args[:-2] + ["--steps", "4", "--resume", "--force-schedule"]) == 0
 
 
 def test_bf16_autocast_training_path_runs_on_cpu(tmp_path, capsys):

@@ -226,6 +226,9 @@ def run(url: str, sessions: int = 300, clients: int = 8, tmp: Path | None = None
         run_cases(url, tmp, sessions, clients, out)
     except Exception as e:  # the harness itself failed: say so in the result
         out.record("harness", False, f"{type(e).__name__}: {e}")
+    t_end = time.perf_counter() + 120   # a slow machine: the canary gets its view in before the verdict
+    while out.canary_views == 0 and not out.canary_errors and th.is_alive() and time.perf_counter() < t_end:
+        time.sleep(0.2)
     time.sleep(1.0)
     stop.set()
     th.join(120)

@@ -54,11 +54,14 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, radius: float):
     return near, torch.where(hit, far, near), hit
 
 
-def dense_samples(near: torch.Tensor, far: torch.Tensor, n: int, stratified: bool = False):
-    """n equal intervals between near and far (jittered as a whole per ray when stratified)."""
+def dense_samples(near: torch.Tensor, far: torch.Tensor, n: int, stratified: bool = False,
+                  jitter: torch.Tensor | None = None):
+    """n equal intervals between near and far (jittered as a whole per ray when stratified, by
+    ``jitter`` [...] in [0, 1) when given: drawn with the batch, the same however it is split)."""
     u = torch.linspace(0.0, 1.0, n + 1, device=near.device)
-    if stratified:
-        u = (u[:-1] + torch.rand(*near.shape, 1, device=near.device) / n).clamp(max=1.0)
+    if stratified or jitter is not None:
+        j = torch.rand(*near.shape, device=near.device) if jitter is None else jitter.to(near)
+        u = (u[:-1] + j[..., None] / n).clamp(max=1.0)
         u = torch.cat([u, u[..., -1:] + 1.0 / n], dim=-1).clamp(max=1.0)
     else:
         u = u.expand(*near.shape, n + 1)
@@ -79,7 +82,7 @@ def composite(t_starts, t_ends, sigmas, rgbs, background: float = 1.0):
 
 
 def dense_render(field: FieldFn, origins: torch.Tensor, dirs: torch.Tensor, radius: float, n_samples: int,
-                 stratified: bool = False, chunk: int = 8192):
+                 stratified: bool = False, chunk: int = 8192, jitter: torch.Tensor | None = None):
     """Render rays [..., R, 3] (leading dims are passed to ``field`` unchanged, e.g. a batch).
 
     Returns rgb [..., R, 3] on white, opacity [..., R], depth (ray distance) [..., R]."""
@@ -89,7 +92,8 @@ def dense_render(field: FieldFn, origins: torch.Tensor, dirs: torch.Tensor, radi
     for s in range(0, R, chunk):
         o, d = origins[..., s:s + chunk, :], dirs[..., s:s + chunk, :]
         nr, fr = near[..., s:s + chunk], far[..., s:s + chunk]
-        ts, te = dense_samples(nr, fr, n_samples, stratified)
+        jr = None if jitter is None else jitter[..., s:s + chunk]
+        ts, te = dense_samples(nr, fr, n_samples, stratified, jr)
         mid = (ts + te) / 2
         pts = o[..., None, :] + d[..., None, :] * mid[..., None]  # [..., r, n, 3]
         sigma, rgb = field(pts.flatten(-3, -2))

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from core.checkpoint import CheckpointError, check_safetensors_file
 from core.cli import device_arg
+from core.train.distributed import Distributed, init_distributed
 
 PRECISIONS = ("auto", "fp32", "bf16")
 STATE_NAME = "train_state.json"
@@ -67,9 +69,13 @@ def add_runtime_args(ap: argparse.ArgumentParser, batch: int, threads: int = 1) 
     g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop (and save) after this many minutes of training in total, resumed segments "
                         "included; the lr schedule ends with it")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest (model, optimizer, step)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest (model, optimizer, step); "
+                   "refused when the model or schedule flags differ from the run's")
+    g.add_argument("--force-schedule", action="store_true",
+                   help="with --resume: continue with changed schedule flags (--steps, --lr, --warmup, --time-limit)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="fp32, or bf16 autocast (weights stay fp32); auto = bf16 on CUDA, fp32 on CPU")
+                   help="fp32, or bf16 autocast (weights stay fp32); auto = bf16 on CUDA, and on a CPU whichever "
+                        "a few timed steps of this model find faster (recorded in train_state.json)")
     g.add_argument("--device", type=device_arg, default="auto")
     g.add_argument("--seed", type=int, default=0)
     # old spellings, kept for one release
@@ -88,27 +94,68 @@ class Runtime:
     """What the runtime flags resolve to, once, at the start of a run."""
     run: "RunFolder"
     device: torch.device
-    precision: str          # resolved: "fp32" or "bf16"
+    precision: str          # "auto" until the trainer calls ``choose_precision``, then "fp32" or "bf16"
     resuming: bool          # --resume and OUT/ckpt-latest holds a run
+    dist: Distributed       # this process's place in a torchrun job (rank 0 of 1 without one)
+
+    def choose_precision(self, probe: Callable[[str], None] | None = None, resumed: str | None = None) -> str:
+        """Settle ``--precision auto``: a resumed run keeps its recorded choice; otherwise
+        ``measure_precision`` times ``probe`` (one forward and backward of the trainer's own model on
+        one batch) under fp32 and bf16 on this machine; every process takes rank 0's choice."""
+        if self.precision == "auto" and resumed in ("fp32", "bf16"):
+            self.precision = resumed
+        elif self.precision == "auto":
+            self.measured = measure_precision(probe, self.device) if probe is not None else {}
+            choice = self.measured.get("choice", resolve_precision("auto", self.device))
+            flag = self.dist.broadcast_(torch.tensor([1.0 if choice == "bf16" else 0.0]))
+            self.precision = "bf16" if flag[0] > 0 else "fp32"
+        return self.precision
 
 
 def start_run(a: argparse.Namespace) -> Runtime:
-    """Threads and seeds set, the run folder made, precision resolved for the device."""
+    """Threads and seeds set (the same on every process: each draws the same global batch), the
+    torchrun job joined, the run folder made (written by rank 0 only)."""
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
-    run, device = RunFolder(a.out), torch.device(a.device)
-    return Runtime(run, device, resolve_precision(a.precision, device), bool(a.resume) and run.can_resume())
+    dist, device = init_distributed(a.device)
+    if a.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {a.precision!r}")
+    run = RunFolder(a.out, writer=dist.is_main)
+    precision = a.precision if a.precision == "auto" else resolve_precision(a.precision, device)
+    return Runtime(run, device, precision, bool(a.resume) and run.can_resume(), dist)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA, ``fp32`` on CPU (bf16 autocast was slower than fp32 at the
-    shipped widths on these CPUs; ``core.bench`` measures it)."""
+    """A precision without measuring: ``auto`` -> bf16 on a CUDA device that has it, else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+        dev = torch.device(device)
+        return "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return precision
+
+
+def measure_precision(probe: Callable[[str], None], device, repeats: int = 3, margin: float = 0.9) -> dict:
+    """Median seconds of ``probe("fp32")`` and ``probe("bf16")`` after a warm-up of each; bf16 is the
+    choice when it takes under ``margin`` of fp32's time. On CUDA bf16 is taken when supported (its
+    gain there is not in doubt); on a CPU it depends on the machine and the width (AMX Xeons: 2x at
+    width 256, 0.8x at 128; AVX-512-only EPYCs: slower), so it is measured."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return {"choice": resolve_precision("auto", dev), "measured": False}
+    times = {}
+    for prec in ("fp32", "bf16"):
+        probe(prec)
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            probe(prec)
+            runs.append(time.perf_counter() - t)
+        times[prec] = sorted(runs)[len(runs) // 2]
+    choice = "bf16" if times["bf16"] < margin * times["fp32"] else "fp32"
+    return {"choice": choice, "measured": True, "fp32_s": round(times["fp32"], 4), "bf16_s": round(times["bf16"], 4),
+            "bf16_speedup": round(times["fp32"] / times["bf16"], 3)}
 
 
 def autocast(precision: str, device: torch.device):
@@ -207,14 +254,33 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- run folder
 
-class RunFolder:
-    """``OUT/ckpt-latest``, ``OUT/ckpt-best``, ``OUT/log.jsonl`` and the final model in ``OUT``."""
+def machine() -> dict:
+    """What a segment ran on: CPU model and cores, GPU, torch version."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+
+class RunFolder:
+    """``OUT/ckpt-latest``, ``OUT/ckpt-best``, ``OUT/log.jsonl``, ``OUT/manifest.json`` and the final
+    model in ``OUT``. ``writer=False`` (torchrun ranks but 0): reads work, writes do nothing."""
+
+    def __init__(self, root: str | Path, writer: bool = True):
+        self.root, self.writer = Path(root), writer
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.latest, self.best = self.root / "ckpt-latest", self.root / "ckpt-best"
+        self.manifest_path = self.root / "manifest.json"
         self._log = None
+        self._segment: dict | None = None
 
     def can_resume(self) -> bool:
         return (self.latest / STATE_NAME).is_file()
@@ -235,8 +301,10 @@ class RunFolder:
     def save(self, folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None,
              state: dict | None = None, extra=None) -> Path:
         """``model.save_pretrained`` (+ optimizer, state, ``extra(tmp_folder)``) into a temp folder,
-        then swapped in for ``folder``."""
+        then swapped in for ``folder``; the manifest follows a save of ``ckpt-latest``."""
         folder = Path(folder)
+        if not self.writer:
+            return folder
         tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -251,16 +319,60 @@ class RunFolder:
             os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
+        if folder == self.latest and state is not None:
+            self.update_segment(state)
         return folder
 
     def save_final(self, model: torch.nn.Module, extra=None) -> Path:
         """The final model's config.json + model.safetensors in ``OUT`` (a loadable checkpoint)."""
-        model.save_pretrained(self.root)
-        if extra is not None:
-            extra(self.root)
+        if self.writer:
+            model.save_pretrained(self.root)
+            if extra is not None:
+                extra(self.root)
         return self.root
 
+    # ------------------------------------------------------------------ manifest
+    def manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {"segments": []}
+
+    def open_segment(self, state: dict, precision: str, world: int = 1, extra: dict | None = None) -> None:
+        """A new segment of training (a first run or a resume): command, machine, precision, processes."""
+        if not self.writer:
+            return
+        self._segment = {"started": _now(), "ended": None, "step_from": int(state.get("step", 0)),
+                         "step_to": int(state.get("step", 0)), "samples_from": int(state.get("samples_seen", 0)),
+                         "samples_to": int(state.get("samples_seen", 0)), "wall_s": 0.0, "precision": precision,
+                         "processes": world, "machine": machine(), "command": " ".join(sys.argv), **(extra or {})}
+        self._wall_from = float(state.get("wall_s", 0.0))
+        m = self.manifest()
+        m["segments"].append(self._segment)
+        self._write_manifest(m)
+
+    def update_segment(self, state: dict, ended: bool = False) -> None:
+        """The open segment's progress, written with every ``ckpt-latest`` (and at its end)."""
+        if not self.writer or self._segment is None:
+            return
+        self._segment.update(step_to=int(state.get("step", 0)), samples_to=int(state.get("samples_seen", 0)),
+                             wall_s=round(float(state.get("wall_s", 0.0)) - self._wall_from, 1),
+                             ended=_now() if ended else None)
+        m = self.manifest()
+        m["segments"][-1] = self._segment
+        m.update(step=self._segment["step_to"], samples_seen=self._segment["samples_to"],
+                 wall_s=round(float(state.get("wall_s", 0.0)), 1), updated=_now())
+        self._write_manifest(m)
+
+    def _write_manifest(self, m: dict) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(m, indent=2) + "\n")
+        tmp.replace(self.manifest_path)
+
+    # ------------------------------------------------------------------ log
     def log(self, rec: dict) -> None:
+        if not self.writer:
+            return
         if self._log is None:
             self._log = open(self.root / "log.jsonl", "a")
         self._log.write(json.dumps(rec) + "\n")
@@ -270,3 +382,25 @@ class RunFolder:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- resume checks
+
+def check_resume_args(saved: dict, now: dict, schedule: tuple[str, ...], model: tuple[str, ...],
+                      force_schedule: bool) -> None:
+    """Refuse a resume whose model flags, or (without ``--force-schedule``) schedule flags, differ
+    from the run's, naming each difference."""
+    def diff(keys):
+        return [f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in keys
+                if k in saved and k in now and saved[k] != now[k]]
+    bad_model, bad_schedule = diff(model), diff(schedule)
+    if bad_model:
+        raise CheckpointError("--resume: the run's model differs from these flags: " + "; ".join(bad_model)
+                              + " (start a new run, or resume with the run's flags)")
+    if bad_schedule and not force_schedule:
+        raise CheckpointError("--resume: the schedule differs from the run's: " + "; ".join(bad_schedule)
+                              + " (pass --force-schedule to continue with the new one)")

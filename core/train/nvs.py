@@ -32,9 +32,13 @@ from core.nvs.config import NVSConfig
 from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, cache_dir, load_cached, split_scales,
                            tokenise_objects)
 from core.nvs.model import NVSTransformer
-from core.train.common import Clock, RunFolder, StopSignal, add_runtime_args, autocast, lr_at, start_run
+from core.train.common import (Clock, RunFolder, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at,
+                               start_run)
+from core.train.distributed import Distributed
 
 SMALL = 64  # the learned image embedder sees the source at this size (NVSConfig.cnn_resolution)
+SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch", "coarse_fraction")  # --force-schedule may change these
+MODEL_FLAGS = ("depth", "width", "heads", "copy_gate", "embedder", "embed_dim", "prefix_cond")  # distance_zoom: build_config
 
 
 # ----------------------------------------------------------------------------- steps
@@ -224,16 +228,23 @@ def build_samplers(a, cfg: NVSConfig, tok, dirs: dict, step: int):
     return sampler, val_sampler, val_sampler.pairs(16)
 
 
-def train_step(model: NVSTransformer, tok, opt, b: dict, k: int, n_scales: int | None, precision: str,
-               device, clip: float) -> tuple[float, float, float]:
-    """One optimizer step on batch ``b`` (``k`` targets per source; ``n_scales``: a coarse step's
-    first scales only) -> (loss, token accuracy, gradient norm before clipping)."""
+def forward_loss(model: NVSTransformer, tok, b: dict, k: int, n_scales: int | None, precision: str, device):
+    """Teacher-forced loss and token accuracy of batch ``b`` (``k`` targets per source; ``n_scales``:
+    a coarse step's first scales only)."""
     with autocast(precision, device):
         emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
         logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k], scales=n_scales)
-    loss, acc = loss_acc(logits.float(), tgt[:, :logits.shape[1]])
+    return loss_acc(logits.float(), tgt[:, :logits.shape[1]])
+
+
+def train_step(model: NVSTransformer, tok, opt, b: dict, k: int, n_scales: int | None, precision: str,
+               device, clip: float, dist: Distributed = Distributed()) -> tuple[float, float, float]:
+    """One optimizer step on this process's rows ``b`` of the global batch (gradients averaged over
+    processes) -> (loss, token accuracy, gradient norm before clipping)."""
+    loss, acc = forward_loss(model, tok, b, k, n_scales, precision, device)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    dist.all_reduce_grads(model.parameters())
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
     opt.step()
     return loss.item(), acc, gn
@@ -249,18 +260,31 @@ def is_coarse_step(a, step: int) -> bool:
 def main(argv=None) -> int:
     a = parse_args(argv)
     rt = start_run(a)
-    run, device, precision = rt.run, rt.device, rt.precision
+    run, device, dist = rt.run, rt.device, rt.dist
     from tqdm import tqdm
     from core.tokenizer import MultiScaleVQVAE
     from core.nvs.pipeline import tokenizer_fingerprint
+    try:
+        if a.online and dist.enabled:
+            raise SetupError("--online follows a tokenizer that may change between processes: under torchrun, "
+                             "train from the token cache (drop --online)")
+        dist.check_divisible(a.batch, "--batch", 1 if a.online else a.targets_per_source)
+        if a.coarse_scales:
+            dist.check_divisible(a.coarse_batch, "--coarse-batch", a.coarse_targets_per_source)
+        if rt.resuming:
+            check_resume_args(run.state().get("args", {}), vars(a), SCHEDULE, MODEL_FLAGS, a.force_schedule)
+    except (SetupError, ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     tok = MultiScaleVQVAE.from_pretrained(a.tokenizer, device=device).eval().requires_grad_(False)
     th = tokenizer_fingerprint(tok)
     dirs = {s: cache_dir(a.cache, th, s) for s in ("train", "val")}
-    if not a.no_tokenise and not a.online:
+    if not a.no_tokenise and not a.online and dist.is_main:  # rank 0 fills the cache, the others wait
         for s in ("train", "val"):
             n = tokenise_objects(a.data, s, tok, dirs[s], SMALL, a.max_objects if s == "train" else None)
             print(f"tokenised {n} new {s} objects into {dirs[s]}", flush=True)
+    dist.barrier()
     if a.tokenise_only:
         return 0
 
@@ -268,7 +292,7 @@ def main(argv=None) -> int:
         cfg = build_config(a, run, rt.resuming, tok, th)
         model = NVSTransformer(cfg).to(device)
         opt = torch.optim.AdamW(model.param_groups(a.lr, a.wd, a.pose_lr_mult), lr=a.lr, betas=(0.9, 0.95))
-        state = {"step": 0, "wall_s": 0.0, "best_val_loss": float("inf")}
+        state = {"step": 0, "wall_s": 0.0, "best_val_loss": float("inf"), "samples_seen": 0}
         if rt.resuming:
             state.update(run.resume(model, opt))
             print(f"resumed from {run.latest} at step {state['step']}", flush=True)
@@ -278,9 +302,16 @@ def main(argv=None) -> int:
     except (SetupError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, precision {precision}, "
-          f"config {json.dumps(cfg.to_dict())}", flush=True)
+    probe_batch = val_sampler.batch(val_pairs[:max(1, a.batch // dist.world)], device)
+
+    def probe(prec: str) -> None:  # one forward + backward on one local batch, for --precision auto
+        forward_loss(model, tok, probe_batch, 1, None, prec, device)[0].backward()
+        opt.zero_grad(set_to_none=True)
+    precision = rt.choose_precision(probe, resumed=state.get("precision"))
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, precision {precision} "
+          f"{getattr(rt, 'measured', '')}, processes {dist.world}, config {json.dumps(cfg.to_dict())}", flush=True)
     state.update(precision=precision, args=vars(a))
+    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
 
     tok_stamp = _stamp(a.tokenizer)
     clock, stop = Clock(state["wall_s"], a.time_limit), StopSignal()
@@ -294,7 +325,7 @@ def main(argv=None) -> int:
     step = state["step"]
     bar = tqdm(total=a.steps, initial=step, desc="nvs", mininterval=10)
     runs = {"": [0.0, 0.0, 0], "coarse_": [0.0, 0.0, 0]}  # running loss, acc, count per step kind
-    while step < a.steps and not stop.requested and not clock.over:
+    while step < a.steps and not dist.agree_to_stop(stop.requested or clock.over):
         if a.online and a.follow_tokenizer and step and step % a.follow_tokenizer == 0 and _stamp(a.tokenizer) != tok_stamp:
             try:
                 new_tok = MultiScaleVQVAE.from_pretrained(a.tokenizer, device=device).eval().requires_grad_(False)
@@ -318,22 +349,24 @@ def main(argv=None) -> int:
             k, n = a.coarse_targets_per_source, a.coarse_batch
         else:
             k, n = (1 if a.online else a.targets_per_source), a.batch  # the online sampler groups its own pairs
-        b = sampler.batch(sampler.pairs(n) if a.online else sampler.pairs(n, k), device)
+        pairs = sampler.pairs(n) if a.online else sampler.pairs(n, k)   # the global batch, the same everywhere
+        b = sampler.batch(pairs[dist.shard(n)], device)                   # this process's rows of it
         loss, acc, gn = train_step(model, tok, opt, b, k, a.coarse_scales if coarse else None, precision, device,
-                                   a.clip)
+                                   a.clip, dist)
         step = state["step"] = step + 1
+        state["samples_seen"] += n
         bar.update(1)
         r = runs["coarse_" if coarse else ""]
         r[0], r[1], r[2] = r[0] + loss, r[1] + acc, r[2] + 1
         if step % a.log_every == 0:
             rec = {"step": step, "lr": lr, "grad_norm": gn, "wall_s": round(clock.wall_s, 1)}
-            for kind, r in runs.items():
+            for kind, r in runs.items():  # averaged over processes: the global batch's loss
                 if r[2]:
-                    rec.update({f"{kind}loss": r[0] / r[2], f"{kind}acc": r[1] / r[2]})
+                    rec.update({f"{kind}loss": dist.mean(r[0] / r[2]), f"{kind}acc": dist.mean(r[1] / r[2])})
                 runs[kind] = [0.0, 0.0, 0]
             run.log(rec)
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.endswith("loss")})
-        if step % a.val_every == 0 or step == a.steps:
+        if (step % a.val_every == 0 or step == a.steps) and dist.is_main:
             rec = {"step": step, **validate(model, tok, val_sampler, val_pairs, device)}
             if step % a.psnr_every == 0 or step == a.steps:
                 rec.update(val_psnr(model, tok, a.data, a.psnr_objects, a.psnr_views, device))
@@ -350,7 +383,9 @@ def main(argv=None) -> int:
         print("time limit reached", flush=True)
     save(run.latest, True)
     run.save_final(model, extra=(lambda f: tok.save_pretrained(f / "tokenizer")) if a.online else None)
+    run.update_segment(state, ended=True)
     run.close()
+    dist.close()
     print(f"saved {run.root} at step {step}", flush=True)
     return 0
 

@@ -24,7 +24,9 @@ from core.recon.config import ReconConfig
 from core.recon.model import ReconModel
 from core.recon.pipeline import prepare_views
 from core.recon.render import dense_render
-from core.train.common import Clock, StopSignal, add_runtime_args, autocast, lr_at, start_run
+from core.train.common import Clock, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at, start_run
+
+SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch")  # what --force-schedule may change on --resume
 
 
 # ----------------------------------------------------------------------------- data
@@ -117,8 +119,9 @@ def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in:
         for lst, r in ((ro, r_o), (rd, r_d), (cols, r_c), (alphas, r_a), (depths, r_z), (cosines, r_cos)):
             lst.append(torch.cat(r))
     st = torch.stack
+    jitter = torch.from_numpy(rng.random((batch, targets * rays), dtype=np.float32))  # stratified sampling, per ray
     return {"images": st(xs), "cams": st(cams), "rays": st(plk), "o": st(ro), "d": st(rd), "rgb": st(cols),
-            "alpha": st(alphas), "depth": st(depths), "cos": st(cosines)}
+            "alpha": st(alphas), "depth": st(depths), "cos": st(cosines), "jitter": jitter}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -127,13 +130,15 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
     planes = model(b["images"], b["cams"], b["rays"])
     field = lambda pts: model.query(planes, pts)  # noqa: E731
     rgb, opacity, dist = dense_render(field, b["o"], b["d"], model.config.box_radius, n_samples,
-                                      stratified=True, chunk=1 << 30)
+                                      chunk=1 << 30, jitter=b["jitter"])
     out = {"rgb": torch.mean((rgb - b["rgb"]) ** 2),
            "mask": torch.mean((opacity - b["alpha"]) ** 2)}
-    valid = (b["depth"] > 0) & (b["alpha"] > 0.5)
+    valid = ((b["depth"] > 0) & (b["alpha"] > 0.5)).float()
     if w_depth > 0 and valid.any():
         zpred = dist / opacity.clamp(min=1e-3) * b["cos"]
-        out["depth"] = (zpred - b["depth"])[valid].abs().mean()
+        # per object, then over objects: the same loss however the batch is split over processes
+        per = ((zpred - b["depth"]).abs() * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        out["depth"] = per.mean()
     else:
         out["depth"] = torch.zeros((), device=rgb.device)
     out["loss"] = out["rgb"] + w_mask * out["mask"] + w_depth * out["depth"]
@@ -189,7 +194,14 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     rt = start_run(args)
-    run, dev, precision, resuming = rt.run, rt.device, rt.precision, rt.resuming
+    run, dev, resuming, dist = rt.run, rt.device, rt.resuming, rt.dist
+    try:
+        dist.check_divisible(args.batch)
+        if resuming:
+            check_resume_args(run.state().get("args", {}), vars(args), SCHEDULE, ("config", "views_in", "targets",
+                                                                               "rays", "samples"), args.force_schedule)
+    except (ValueError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}")
     if resuming:
         cfg = config_from_dict(ReconConfig, load_config(run.latest), source=str(run.latest / "config.json"))
     else:
@@ -209,7 +221,7 @@ def main(argv=None) -> int:
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "tokens" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
-    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0}
+    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0, "samples_seen": 0}
     if args.init and not resuming:
         from core.checkpoint import load_state_dict
         src, own = load_state_dict(args.init), model.state_dict()
@@ -222,10 +234,20 @@ def main(argv=None) -> int:
         except (CheckpointError, OSError, KeyError, ValueError) as e:
             raise SystemExit(f"--resume: cannot load {run.latest}: {e}")
         print(f"resumed from {run.latest} at step {state['step']}")
+    probe_batch = {k: v[:max(1, args.batch // dist.world)].to(dev) for k, v in
+                   make_batch(train, np.random.default_rng(12345), args.batch, args.views_in, args.targets,
+                              args.rays).items()}
+
+    def probe(prec: str) -> None:  # one forward + backward on one local batch, for --precision auto
+        with autocast(prec, dev):
+            losses(model, probe_batch, args.samples, args.w_mask, args.w_depth)["loss"].backward()
+        opt.zero_grad(set_to_none=True)
+    precision = rt.choose_precision(probe, resumed=state.get("precision"))
     print(f"model {model.num_parameters() / 1e6:.2f}M params, planes 3x{cfg.plane_channels}x{cfg.plane_res}^2, "
-          f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}, precision {precision}",
-          flush=True)
+          f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}, precision {precision} "
+          f"{getattr(rt, 'measured', '')}, processes {dist.world}", flush=True)
     state.update(precision=precision, args=vars(args))
+    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
 
     rng = np.random.default_rng(args.seed + state["step"])
     clock, stop = Clock(state["wall_s"], args.time_limit), StopSignal()
@@ -237,17 +259,21 @@ def main(argv=None) -> int:
     model.train()
     step = state["step"]
     bar = tqdm(total=args.steps, initial=step, mininterval=20, dynamic_ncols=False)
-    while step < args.steps and not stop.requested and not clock.over:
-        b = {k: v.to(dev) for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays).items()}
+    while step < args.steps and not dist.agree_to_stop(stop.requested or clock.over):
+        # the global batch (the same on every process), then this process's rows of it
+        b = {k: v[dist.shard(args.batch)].to(dev)
+             for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays).items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_progress=clock.progress)
         with autocast(precision, dev):
             L = losses(model, b, args.samples, args.w_mask, args.w_depth)
         opt.zero_grad(set_to_none=True)
         L["loss"].backward()
+        dist.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step = state["step"] = step + 1
+        state["samples_seen"] += args.batch
         bar.update(1)
         bar.set_postfix(loss=f"{L['loss'].item():.4f}", psnr=f"{L['psnr'].item():.2f}", mask=f"{L['mask'].item():.4f}",
                         depth=f"{L['depth'].item():.3f}", refresh=False)
@@ -255,7 +281,7 @@ def main(argv=None) -> int:
                **{k: round(v.item(), 5) for k, v in L.items()}}
         if args.growing and step % args.refresh_every == 0 and len(train.objects) < (args.max_objects or 1 << 30):
             train.refresh()
-        if step % args.val_every == 0 and val is not None:
+        if step % args.val_every == 0 and val is not None and dist.is_main:
             rec["val_psnr"] = vp = quick_val(model, val, cfg.n_samples)
             print(f"\nstep {step}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
             if vp > state["best_val_psnr"]:
@@ -270,6 +296,8 @@ def main(argv=None) -> int:
         print("time limit reached", flush=True)
     save(run.latest)
     run.save_final(model)
+    run.update_segment(state, ended=True)
     run.close()
+    dist.close()
     print(f"done: {step} steps, {clock.wall_s:.0f} s wall, checkpoint {run.root}", flush=True)
     return 0

@@ -34,7 +34,11 @@ from core.checkpoint import CheckpointError, config_from_dict, load_config, load
 from core.data.io import DataError, list_objects, load_image, view_ids
 from core.metrics import psnr
 from core.tokenizer import MultiScaleVQVAE, TokenizerConfig
-from core.train.common import Clock, StopSignal, add_runtime_args, autocast, lr_at, start_run
+from core.train.common import (Clock, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at,
+                               start_run)
+from core.train.distributed import Distributed
+
+SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch")  # what --force-schedule may change on --resume
 
 
 # ----------------------------------------------------------------------------- data
@@ -77,7 +81,7 @@ def recon_loss(rec, x, w_l2: float, w_grad: float, w_fg: float = 0.0, w_chroma: 
     the net settles on grey objects (colour is a small share of the loss)."""
     rec = rec.float()
     w = 1.0 + w_fg * (x < 0.96).any(1, keepdim=True).float()
-    w = w / w.mean()
+    w = w / w.mean((1, 2, 3), keepdim=True)  # per image: the same loss however a batch is split over processes
     l1, l2 = (w * (rec - x).abs()).mean(), (w * (rec - x).square()).mean()
     g = grad_l1(rec, x)
     c = (w * (chroma(rec) - chroma(x)).abs()).mean() if w_chroma else rec.new_zeros(())
@@ -102,23 +106,28 @@ class CodebookMonitor:
         self.steps += 1
 
     @torch.no_grad()
-    def maybe_restart(self, model, seen, optimizer) -> int | None:
+    def maybe_restart(self, model, seen, optimizer, dist: Distributed = Distributed()) -> int | None:
+        """Under torchrun the hits are summed and the residuals gathered over processes: every process
+        restarts the same codes from the same global pool, as one process on the whole batch would."""
         if self.steps < self.window:
             return None
+        dist.sum_(self.hits)
         dead = (self.hits == 0).nonzero().flatten()
         self.last_usage = 1.0 - len(dead) / self.vocab
         self.hits.zero_()
         self.steps = 0
         if len(dead) == 0:
             return 0
-        pool = torch.cat([s.detach().float() for s in seen], 0)
+        pool = torch.cat([dist.gather_rows(s.detach().float()) for s in seen], 0)
         pool = pool[pool.norm(dim=1) > 1e-6]  # residuals that are not already exactly zero
-        if len(pool) == 0:
-            return 0
-        pick = pool[torch.randint(len(pool), (len(dead),))]
         w = model.quantize.embedding.weight
+        if len(pool) == 0 and not dist.enabled:
+            return 0
+        if len(pool):
+            pick = pool[torch.randint(len(pool), (len(dead),))]
+            w.data[dead.to(w.device)] = pick.to(w.device) + 0.01 * pick.std() * torch.randn_like(pick).to(w.device)
+        dist.broadcast_(w.data)
         dead = dead.to(w.device)
-        w.data[dead] = pick.to(w.device) + 0.01 * pick.std() * torch.randn_like(pick).to(w.device)
         st = optimizer.state.get(w, {})
         for k in ("exp_avg", "exp_avg_sq"):
             if k in st:
@@ -182,14 +191,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     rt = start_run(a)
-    run, dev, precision, resuming = rt.run, rt.device, rt.precision, rt.resuming
+    run, dev, resuming, dist = rt.run, rt.device, rt.resuming, rt.dist
 
-    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0, "images_seen": 0}
+    state = {"step": 0, "wall_s": 0.0, "best_val_psnr": -1.0, "samples_seen": 0}
     try:
+        dist.check_divisible(a.batch)
         if resuming:
             cfg = config_from_dict(TokenizerConfig, load_config(run.latest), source=str(run.latest / "config.json"))
             if run.state().get("train", a.train) != a.train:
                 raise CheckpointError(f"{run.latest} was trained with another --train mode than {a.train!r}")
+            check_resume_args(run.state().get("args", {}), vars(a), SCHEDULE, ("config", "init"), a.force_schedule)
         elif a.init:
             cfg = config_from_dict(TokenizerConfig, load_config(a.init), source=str(Path(a.init) / "config.json"))
         else:
@@ -221,8 +232,8 @@ def main(argv=None) -> int:
     frozen = (model.encoder, model.quant_conv, model.quantize) if a.train == "decoder" else ()
     for m in frozen:
         m.requires_grad_(False).eval()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, betas=(0.9, 0.95),
-                            weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     if resuming:
         try:
             state.update(run.resume(model, opt))
@@ -230,10 +241,19 @@ def main(argv=None) -> int:
             print(f"error: --resume: {e}", file=sys.stderr)
             return 2
         print(f"resumed from {run.latest} at step {state['step']}", flush=True)
-    print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, precision {precision}, "
-          f"threads {a.threads}", flush=True)
+
+    def probe(prec: str) -> None:  # one forward + backward on one local batch, for --precision auto
+        x = to_float(train_u8[:max(1, a.batch // dist.world)]).to(dev)
+        with autocast(prec, dev):
+            rec = model.decoder(model.post_quant_conv(model.encode_fhats(x)[1][-1])) if frozen else model(x)[0]
+        recon_loss(rec, x, a.w_l2, a.w_grad, a.w_fg, a.w_chroma)[0].backward()
+        opt.zero_grad(set_to_none=True)
+    precision = rt.choose_precision(probe, resumed=state.get("precision"))
+    print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, precision {precision} "
+          f"{getattr(rt, 'measured', '')}, threads {a.threads}, processes {dist.world}", flush=True)
 
     state.update(train=a.train, precision=precision, args=vars(a))
+    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
     mon = CodebookMonitor(cfg.vocab_size, a.restart_window)
     clock, t_ckpt = Clock(state["wall_s"], a.time_limit), time.time()
 
@@ -243,12 +263,13 @@ def main(argv=None) -> int:
 
     stop = StopSignal()  # SIGTERM/SIGINT: finish the step, validate, save, exit cleanly
     bar = tqdm(total=a.steps, initial=state["step"], desc="tokenizer", mininterval=10)
-    while state["step"] < a.steps and not stop.requested and not clock.over:
+    while state["step"] < a.steps and not dist.agree_to_stop(stop.requested or clock.over):
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], a.lr, a.warmup, a.steps, hold=0.7, time_progress=clock.progress)
-        sel = torch.randint(len(train_u8), (a.batch,))
+        sel = torch.randint(len(train_u8), (a.batch,))   # the global batch, the same on every process
+        flip = torch.rand(a.batch) < 0.5
+        sel, flip = sel[dist.shard(a.batch)], flip[dist.shard(a.batch)]   # this process's rows
         x = to_float(train_u8[sel])
-        flip = torch.rand(len(x)) < 0.5
         x[flip] = x[flip].flip(-1)
         x = x.to(dev)
         with autocast(precision, dev):
@@ -261,21 +282,22 @@ def main(argv=None) -> int:
         loss = rl + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         restarted = None
         if not frozen:  # a frozen codebook needs no usage window (val reports usage)
             mon.update(idxs)
-            restarted = mon.maybe_restart(model, seen, opt)
+            restarted = mon.maybe_restart(model, seen, opt, dist)
         state["step"] += 1
-        state["images_seen"] += len(x)
+        state["samples_seen"] += a.batch
         bar.update(1)
         rec_psnr = 10 * math.log10(4.0 / max(parts["mse"], 1e-10))
         rec_item = {"step": state["step"], "loss": loss.item(), "vq": vq_loss.item(), **parts,
                     "train_psnr": rec_psnr, "lr": opt.param_groups[0]["lr"], "wall_s": round(clock.wall_s, 1)}
         if restarted is not None:
             rec_item.update(usage_window=mon.last_usage, restarted=restarted)
-        if state["step"] % a.val_every == 0 and val_u8 is not None:
+        if state["step"] % a.val_every == 0 and val_u8 is not None and dist.is_main:
             rec_item.update(validate(model, val_u8))
             if rec_item["val_psnr"] > state["best_val_psnr"]:
                 state["best_val_psnr"] = rec_item["val_psnr"]
@@ -291,7 +313,7 @@ def main(argv=None) -> int:
     bar.close()
     if clock.over:
         print("time limit reached", flush=True)
-    if val_u8 is not None:
+    if val_u8 is not None and dist.is_main:
         final = validate(model, val_u8)
         run.log({"step": state["step"], "final": True, **final})
         print(json.dumps(final), flush=True)
@@ -302,7 +324,9 @@ def main(argv=None) -> int:
     if a.latest:
         run.save(Path(a.latest), model, opt, state)
     run.save_final(model)
+    run.update_segment(state, ended=True)
     run.close()
+    dist.close()
     print(f"done: step {state['step']}, {state['wall_s'] / 60:.1f} min, checkpoint {run.root}", flush=True)
     return 0
 
