@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import sys
 
-NAMES = ("data", "tokenizer", "nvs", "recon", "app")
+NAMES = ("data", "tokenizer", "nvs", "recon", "app", "train", "status")
 
 
 def is_input_error(e: BaseException) -> bool:

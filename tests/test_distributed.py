@@ -102,3 +102,21 @@ def test_distributed_helpers_are_inert_in_one_process(n):
     d.all_reduce_grads([p])
     assert torch.equal(p.grad, torch.full((3,), 2.0)) and d.shard(4) == slice(0, 4) and d.mean(1.5) == 1.5
     assert d.agree_to_stop(True) and not d.agree_to_stop(False)
+
+
+def test_gpu_recipe_trains_in_resumable_chunks_on_cpu(tmp_path):
+    """scripts/train_gpu.sh on a CPU: two short chunks, the second resuming where the first saved."""
+    from core.recon.toydata import write_dataset
+    data = write_dataset(tmp_path / "toy", n_train=2, n_val=1, size=32, n_views=4)
+    run = tmp_path / "run"
+    env = dict(os.environ, DATA=str(data), CHUNK_MIN="0.12", TOTAL_MIN="30", NPROC="1", HF_HUB_OFFLINE="1")
+    cmd = ["bash", "scripts/train_gpu.sh", "recon", str(run), "--config", json.dumps(TINY), "--batch", "2",
+           "--rays", "16", "--samples", "8", "--save-every", "5", "--threads", "1", "--precision", "fp32"]
+    steps = []
+    for _ in range(2):
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        steps.append(json.loads(r.stdout)["step"])
+    segments = json.loads((run / "manifest.json").read_text())["segments"]
+    assert 0 < steps[0] < steps[1] and len(segments) == 2 and segments[1]["step_from"] == steps[0]
+    assert "--resume" in segments[1]["command"] and segments[0]["ended"]

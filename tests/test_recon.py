@@ -259,6 +259,16 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(g["step_from"], g["step_to"]) for g in manifest["segments"]] == [(0, 2), (2, 4)]
     assert manifest["samples_seen"] == 8 and all(g["ended"] and g["machine"]["cpu"] for g in manifest["segments"])
+    from core.train.status import main as status_main
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert status_main([str(out)]) == 0
+    st = json.loads(buf.getvalue())
+    assert st["step"] == 4 and st["finished"] and len(st["segments"]) == 2 and st["precision"] == "fp32"
+    from core.cli import dispatch
+    assert dispatch("train", ["status", str(tmp_path)]) == 2      # not a run folder: one error line
     assert json.loads((out / "ckpt-latest" / "train_state.json").read_text())["step"] == 4
     w4 = ReconPipeline.from_pretrained(out).model.state_dict()
     assert torch.equal(ReconPipeline.from_pretrained(out / "ckpt-latest").model.state_dict()["head.weight"],

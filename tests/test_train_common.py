@@ -120,3 +120,16 @@ def test_sigterm_asks_for_a_clean_stop():
     finally:
         signal.signal(signal.SIGTERM, before[0])
         signal.signal(signal.SIGINT, before[1])
+
+
+@pytest.mark.parametrize("model", ["recon", "nvs"])
+def test_bench_train_times_both_precisions_and_says_what_auto_picks(model):
+    from core.bench.train import bench_size
+    if model == "recon":
+        from test_recon import TINY as cfg
+    else:
+        cfg = dict(depth=1, width=32, num_heads=2, vocab_size=64, latent_dim=8, patch_nums=(1, 2, 4), resolution=32,
+                   embed_dim=16, cnn_width=8, cnn_resolution=16)
+    res = bench_size(model, dict(cfg), 2, 1, torch.device("cpu"), compile_=False)
+    assert res["fp32"]["step_s"] > 0 and res["bf16"]["samples_per_s"] > 0 and res["bf16_speedup"] > 0
+    assert res["auto_picks"]["choice"] in ("fp32", "bf16") and res["auto_picks"]["measured"]
