@@ -91,3 +91,11 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
         assert rc == 2 and err.startswith("error: --out ") and says in err and len(err.strip().splitlines()) == 1
         assert ".tmp" not in err and "probe" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("size", [(40000, 1), (8000, 1)])
+def test_long_thin_photo_is_one_error_line(tmp_path, capsys, size):
+    Image.new("RGB", size, (200, 40, 40)).save(tmp_path / "thin.png")
+    rc, _, err = run(capsys, "views", str(tmp_path / "thin.png"), "--out", str(tmp_path / "out"))
+    assert rc == 2 and err.startswith("error: ") and "longer than wide" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
