@@ -3,7 +3,8 @@
   check DIR                          validate a dataset root, folder of objects or one object
   render --meshes PATHS_OR_GLOB --out DIR [--views 12 --size 128 ...]
   procedural --out DIR --objects N   seeded procedural objects, rendered
-  corpus --out DIR [--procedural 1500 --zero-ad PATH ...]   the training-corpus recipe
+  corpus --out DIR [--procedural 1500 --sources NAME,... --unseen-sources NAME,...]   the training-corpus recipe
+  sources [--check]                  the real mesh sources (Debian packages): installed, candidates, loadable
 """
 from __future__ import annotations
 
@@ -75,8 +76,20 @@ def main(argv=None) -> int:
     p.add_argument("--limit-pybullet", type=int, default=None, help="use only the first N pybullet models")
     p.add_argument("--zero-ad", default="/usr/share/games/0ad", help="0ad-data folder, skipped if absent")
     p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--sources", default="", help="real mesh sources to add, comma-separated (python -m core.data "
+                   "sources lists them)")
+    p.add_argument("--unseen-sources", default="", help="sources whose every object goes to val_unseen/ (none in train)")
+    p.add_argument("--max-per-source", type=int, default=None, help="at most N objects from each source (a stable sample)")
     _render_args(p)
+    p = sub.add_parser("sources", help="the real mesh sources: package, installed, candidates (JSON)")
+    p.add_argument("--check", action="store_true", help="also load every candidate and count what loads")
+    p.add_argument("--limit", type=int, default=None, help="with --check: only the first N candidates of each source")
     a = ap.parse_args(argv)
+
+    if a.cmd == "sources":
+        from core.data.sources import describe
+        print(json.dumps(describe(a.check, a.limit), indent=2))
+        return 0
 
     if a.cmd == "check":
         from core.data.check import main as check_main
@@ -105,10 +118,13 @@ def main(argv=None) -> int:
             corpus.assign_splits(jobs, a.val_fraction, a.seed)
         return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, log), "procedural")
     if a.cmd == "corpus":
+        split = lambda v: tuple(x for x in v.split(",") if x)  # noqa: E731
         rep = corpus.build_corpus(a.out, a.procedural, not a.no_pybullet, a.zero_ad, a.val_fraction, a.seed,
-                                  a.workers, settings, a.limit_pybullet, log=log)
+                                  a.workers, settings, a.limit_pybullet, log=log, sources=split(a.sources),
+                                  max_per_source=a.max_per_source, unseen_sources=split(a.unseen_sources))
         print(json.dumps({k: rep[k] for k in ("counts", "size_bytes", "seconds")}, indent=2))
-        print(f"corpus: {rep['counts']['objects']} objects ({rep['counts']['train']} train, {rep['counts']['val']} val), "
+        print(f"corpus: {rep['counts']['objects']} objects ({rep['counts']['train']} train, {rep['counts']['val']} val, "
+              f"{rep['counts']['val_unseen']} val_unseen), "
               f"{rep['size_bytes'] / 2**20:.0f} MiB, {rep['seconds']:.0f} s, {rep['counts']['failed']} failed "
               f"-> {Path(a.out) / 'corpus.json'}")
         return 0

@@ -37,7 +37,11 @@ class Job:
     seed: int = 0
     index: int = 0
     licence: str | None = None
-    split: str | None = None  # subfolder (train/val) or None
+    split: str | None = None  # subfolder (train/val/val_unseen) or None
+    source: str = ""          # kind "source": a core.data.sources name, its archive member, category
+    member: str = ""
+    category: str = ""
+    extra: tuple = ()
 
 
 @dataclass
@@ -235,11 +239,34 @@ def mesh_jobs(paths: list[str], up: str | None = None) -> list[Job]:
     return jobs
 
 
-def assign_splits(jobs: list[Job], val_fraction: float, seed: int = 0) -> list[Job]:
-    """Split by object, a stable hash of (seed, name): adding objects never moves others."""
+def assign_splits(jobs: list[Job], val_fraction: float, seed: int = 0,
+                  unseen_sources: tuple[str, ...] = ()) -> list[Job]:
+    """Split by object, a stable hash of (seed, name): adding objects never moves others. Every
+    object of ``unseen_sources`` goes to ``val_unseen`` (a source with nothing in ``train``)."""
     for j in jobs:
         h = zlib.crc32(f"{seed}:{j.name}".encode()) / 2**32
-        j.split = "val" if h < val_fraction else "train"
+        j.split = "val_unseen" if j.source and j.source in unseen_sources else "val" if h < val_fraction else "train"
+    return jobs
+
+
+def source_jobs(names: list[str], max_per_source: int | None = None, seed: int = 0, log=print) -> list[Job]:
+    """Jobs for the candidates of ``core.data.sources`` sources (a stable sample of at most
+    ``max_per_source`` each); a source whose package is missing is one line naming it."""
+    from core.data.sources import SOURCES
+    jobs = []
+    for name in names:
+        if name not in SOURCES:
+            raise MeshError(f"unknown source {name!r} (known: {', '.join(SOURCES)})")
+        src = SOURCES[name]
+        if not src.installed:
+            log(f"source {name}: not installed (apt-get install {src.package}); skipped")
+            continue
+        cands = src.list()
+        if max_per_source is not None and len(cands) > max_per_source:
+            # its own hash salt: the split (assign_splits) hashes names too, and must not see only small hashes
+            cands = sorted(cands, key=lambda c: zlib.crc32(f"sample:{seed}:{c.name}".encode()))[:max_per_source]
+        jobs += [Job(c.name, "source", c.path, licence=c.licence, source=name, member=c.member, category=c.category,
+                     extra=c.extra) for c in cands]
     return jobs
 
 
@@ -269,7 +296,26 @@ def _build_asset(job: Job):
             raise MeshError(f"{job.path}: {e}") from None
     if job.kind == "mesh":
         return load_asset(job.path, job.up, job.licence)
+    if job.kind == "source":
+        from core.data.sources import SOURCES, Candidate
+        c = Candidate(job.source, job.name, job.path, job.member, job.licence or "", job.category, job.extra)
+        where = f"{job.path}:{job.member}" if job.member else job.path
+        try:
+            return make_asset(SOURCES[job.source].load(c), where, job.licence, "z")
+        except MeshError as e:
+            raise MeshError(str(e) if where in str(e) else f"{where}: {e}") from None
     raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def provenance(job: Job) -> dict:
+    """What ``meta.json`` records of where an object came from."""
+    meta = {"name": job.name, "split": job.split, "kind": job.kind}
+    if job.kind == "source":
+        from core.data.sources import SOURCES, package_version
+        pkg = SOURCES[job.source].package
+        meta.update(source=job.source, package=pkg, package_version=package_version(pkg), path=job.path,
+                    member=job.member, licence=job.licence, category=job.category)
+    return meta
 
 
 def _run_job(args) -> dict:
@@ -284,8 +330,7 @@ def _run_job(args) -> dict:
         s = _SETTINGS
         rng = np.random.default_rng([s.seed, zlib.crc32(job.name.encode())])
         views = sample_views(s.views, rng, s.elevation_range, s.radius_range)
-        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh,
-                     {"name": job.name, "split": job.split})
+        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh, provenance(job))
     except Exception as e:  # one bad asset must not stop a batch: report it and go on
         shutil.rmtree(folder, ignore_errors=True)
         msg = str(e) if isinstance(e, MeshError) else f"{job.path or job.name}: {type(e).__name__}: {e}"
@@ -337,7 +382,8 @@ def disk_usage(path: str | Path) -> int:
 
 def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True, zero_ad: str | None = None,
                  val_fraction: float = 0.05, seed: int = 0, workers: int = 2, settings: RenderSettings | None = None,
-                 limit_pybullet: int | None = None, log=print) -> dict:
+                 limit_pybullet: int | None = None, log=print, sources: tuple[str, ...] = (),
+                 max_per_source: int | None = None, unseen_sources: tuple[str, ...] = ()) -> dict:
     """The training-corpus recipe; writes ``out/corpus.json`` with counts, size and time."""
     settings = settings or RenderSettings(seed=seed)
     out = Path(out)
@@ -345,20 +391,25 @@ def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
     pb = pybullet_jobs() if pybullet else []
     jobs += pb[:limit_pybullet] if limit_pybullet is not None else pb
     jobs += zero_ad_jobs(zero_ad)
-    assign_splits(jobs, val_fraction, seed)
+    jobs += source_jobs(list(dict.fromkeys(list(sources) + list(unseen_sources))), max_per_source, seed, log)
+    assign_splits(jobs, val_fraction, seed, tuple(unseen_sources))
     log(f"corpus: {len(jobs)} objects ({procedural} procedural, {len(pb)} pybullet, "
-        f"{len(jobs) - procedural - len(pb)} 0ad) -> {out}, {workers} workers")
+        f"{sum(j.kind == 'source' for j in jobs)} from {', '.join(dict.fromkeys(j.source for j in jobs if j.source))}) "
+        f"-> {out}, {workers} workers")
     summary = run_jobs(jobs, out, settings, workers, log=log)
     ok = [r for r in summary["results"] if r["status"] in ("ok", "existing")]
-    kind = {j.name: "procedural" if j.kind == "procedural" else "0ad" if j.name.startswith("0ad_") else "pybullet"
-            for j in jobs}
+    kind = {j.name: j.source or ("procedural" if j.kind == "procedural" else "0ad" if j.name.startswith("0ad_")
+                                 else "pybullet") for j in jobs}
     source = {r["name"]: kind[r["name"]] for r in ok}
+    cats = {j.name: f"{j.source}/{j.category}" for j in jobs if j.source}
     counts = {
         "objects": len(ok),
         "views_per_object": settings.views,
         "images": len(ok) * settings.views,
         "train": sum(r["split"] == "train" for r in ok),
         "val": sum(r["split"] == "val" for r in ok),
+        "val_unseen": sum(r["split"] == "val_unseen" for r in ok),
+        "by_category": {c: sum(cats.get(r["name"]) == c for r in ok) for c in sorted(set(cats.values()))},
         "by_source": {k: sum(v == k for v in source.values()) for k in sorted(set(source.values()))},
         "failed": summary["counts"]["error"],
     }

@@ -110,15 +110,18 @@ def is_object_dir(path: Path) -> bool:
     return path.is_dir() and any(_VIEW_PNG.match(p.name) for p in path.iterdir())
 
 
+SPLITS = ("train", "val", "val_unseen")  # DESIGN.md: val_unseen holds sources with nothing in train
+
+
 def list_objects(root: str | Path, split: str | None = None) -> list[Path]:
-    """Object folders under ``root``: a dataset root (``train/``, ``val/``; ``split`` picks
-    one, default both), a folder of object folders, or a single object folder."""
+    """Object folders under ``root``: a dataset root (``train/``, ``val/``, ``val_unseen/``; ``split``
+    picks one, default all), a folder of object folders, or a single object folder."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     if is_object_dir(root):
         return [root]
-    splits = [root / s for s in (("train", "val") if split is None else (split,)) if (root / s).is_dir()]
+    splits = [root / s for s in (SPLITS if split is None else (split,)) if (root / s).is_dir()]
     if splits:
         return sorted(p for s in splits for p in s.iterdir() if is_object_dir(p))
     return sorted(p for p in root.iterdir() if is_object_dir(p))  # a plain folder of objects has no split

@@ -1,0 +1,314 @@
+"""Real mesh collections from Debian's main archive, each behind one source name.
+
+A ``Source`` lists its candidates (``list``: files only, nothing is parsed) and loads one
+(``load``: world-frame parts, +Z up, not yet normalised; ``core.data.render.make_asset`` normalises
+in one place). Every failure is a ``MeshError`` naming the file. ``python -m core.data sources
+[--check]`` reports what is installed and, with ``--check``, how many candidates load.
+
+| source | package | format |
+| --- | --- | --- |
+| sweethome3d-furniture | sweethome3d-furniture | OBJ+MTL inside ``.sh3f`` zips, Y up, catalogue in ``PluginFurnitureCatalog.properties`` |
+| redeclipse-data | redeclipse-data | OBJ props, Y up, skin from ``obj.cfg`` (``objskin``) or the folder's ``diffuse.png`` |
+| ufoai-data | ufoai-data | MD2 (``core.data.md2``) inside ``base/0models.pk3``, Z up, skins named in the file |
+
+Still to come (the corpus v2 issue): minetest-mod-homedecor, 0ad-data (PMD), kicad-packages3d (VRML).
+"""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from core.data.render import UP_TRANSFORMS, MeshError, Part, _crease_normals, parts_from_scene
+
+SH3D_ROOT = Path("/usr/share/sweethome3d/furniture")
+REDECLIPSE_ROOT = Path("/usr/share/games/redeclipse/data")
+UFOAI_PK3 = Path("/usr/share/games/ufoai/base/0models.pk3")
+MIN_FACES = 20
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One object a source can load: ``path`` (a file or an archive) and ``member`` inside it."""
+    source: str
+    name: str
+    path: str
+    member: str = ""
+    licence: str = ""
+    category: str = ""
+    extra: tuple = ()     # source-specific (key, value) pairs, e.g. a catalogue's model rotation
+
+    def get(self, key: str, default=None):
+        return dict(self.extra).get(key, default)
+
+
+@dataclass
+class Source:
+    name: str
+    package: str
+    real: bool
+    root: Path
+    lister: Callable[[], list[Candidate]]
+    loader: Callable[[Candidate], list[Part]]
+    licence: str = ""
+    notes: str = field(default="", repr=False)
+
+    @property
+    def installed(self) -> bool:
+        return self.root.exists()
+
+    def list(self) -> list[Candidate]:
+        if not self.installed:
+            raise MeshError(f"source {self.name}: {self.root} not found; install it with "
+                            f"`apt-get install {self.package}`")
+        return self.lister()
+
+    def load(self, c: Candidate) -> list[Part]:
+        parts = self.loader(c)
+        n = sum(len(p.positions) for p in parts)
+        if n < MIN_FACES:
+            raise MeshError(f"{c.path}:{c.member}: {n} faces (fewer than {MIN_FACES}: a decal or a fragment)")
+        return parts
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80]
+
+
+# ----------------------------------------------------------------------------- Sweet Home 3D
+
+def _java_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines of a Java .properties file (comments, escapes and \\uXXXX decoded)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#!" or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        v = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), v.strip())
+        out[k.strip()] = v.replace("\\:", ":").replace("\\=", "=").replace("\\\\", "\\")
+    return out
+
+
+def list_sweethome3d(root: Path = SH3D_ROOT) -> list[Candidate]:
+    out = []
+    for sh3f in sorted(root.glob("*.sh3f")):
+        with zipfile.ZipFile(sh3f) as z:
+            props = _java_properties(z.read("PluginFurnitureCatalog.properties").decode("latin-1"))
+        licence = "CC0-1.0" if "CC-0" in sh3f.name else "CC-BY-3.0"  # per catalogue (its LICENSE.TXT)
+        for key, model in props.items():
+            if not key.startswith("model#"):
+                continue
+            i = key.split("#", 1)[1]
+            name = props.get(f"name#{i}", model)
+            extra = (("rotation", props.get(f"modelRotation#{i}", "")),)
+            out.append(Candidate("sweethome3d-furniture", f"sh3d-{_slug(sh3f.stem)}-{_slug(name)}-{i}", str(sh3f),
+                                 model.lstrip("/"), licence, props.get(f"category#{i}", ""), extra))
+    return out
+
+
+def load_sweethome3d(c: Candidate) -> list[Part]:
+    """The model's folder is extracted so trimesh finds its MTL and textures; Y up, the catalogue's
+    optional ``modelRotation`` (a 3x3 matrix, rows) applied first."""
+    import trimesh
+    tmp = Path(tempfile.mkdtemp(prefix="vantage-sh3d-"))
+    try:
+        with zipfile.ZipFile(c.path) as z:
+            prefix = c.member.rsplit("/", 1)[0] + "/" if "/" in c.member else ""
+            members = [m for m in z.namelist() if m.startswith(prefix) and not m.endswith("/")]
+            if c.member not in members:
+                raise MeshError(f"{c.path}:{c.member}: not in the archive")
+            if sum(z.getinfo(m).file_size for m in members) > 256 << 20:
+                raise MeshError(f"{c.path}:{c.member}: model folder larger than 256 MB")
+            for m in members:
+                dest = tmp / m
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(z.read(m))
+        try:
+            scene = trimesh.load(str(tmp / c.member), force="scene")
+        except Exception as e:
+            raise MeshError(f"{c.path}:{c.member}: cannot load ({type(e).__name__}: {e})") from None
+        T = UP_TRANSFORMS["y"].copy()
+        rot = [float(v) for v in (c.get("rotation") or "").split()]
+        if len(rot) == 9:
+            R = np.eye(4)
+            R[:3, :3] = np.array(rot).reshape(3, 3)
+            T = T @ R
+        return parts_from_scene(scene, T)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- Red Eclipse
+
+_OBJSKIN = re.compile(r'^\s*objskin\s+(\S+)\s+"?([^"\s]+)"?', re.M)
+
+
+def list_redeclipse(root: Path = REDECLIPSE_ROOT) -> list[Candidate]:
+    skip = ("weapons", "actors", "projectiles", "vwep")  # not props: held items, characters, bullets
+    return [Candidate("redeclipse-data", f"redeclipse-{_slug(str(p.parent.relative_to(root)))}", str(p),
+                      licence="CC-BY-SA-3.0", category=p.parent.parent.name)
+            for p in sorted(root.glob("*/*/*.obj")) if p.parts[len(root.parts)] not in skip]
+
+
+def redeclipse_skins(obj: Path) -> dict[str, Path]:
+    """The textures the engine would use, by mesh name (``*`` = any): ``obj.cfg``'s ``objskin`` lines
+    (paths relative to the model's folder), else ``diffuse.png`` / ``skin.png`` / an image named like
+    the model. The MTL files do not name them."""
+    skins: dict[str, Path] = {}
+    cfg = obj.parent / "obj.cfg"
+    if cfg.is_file():
+        for mesh, rel in _OBJSKIN.findall(cfg.read_text(errors="replace")):
+            p = (obj.parent / rel).resolve()
+            if p.is_file():
+                skins.setdefault(mesh, p)
+    if not skins:
+        for name in ("diffuse.png", "skin.png", f"{obj.stem}.png", f"{obj.stem}.jpg"):
+            if (obj.parent / name).is_file():
+                skins["*"] = obj.parent / name
+                break
+    return skins
+
+
+def load_redeclipse(c: Candidate) -> list[Part]:
+    import trimesh
+    path = Path(c.path)
+    skins = redeclipse_skins(path)
+    if not skins:
+        raise MeshError(f"{path}: no skin image (obj.cfg names none that exists, no diffuse.png)")
+    try:
+        scene = trimesh.load(str(path), force="scene")
+    except Exception as e:
+        raise MeshError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+    images: dict[Path, Image.Image] = {}
+    parts = []
+    for gname, mesh in scene.geometry.items():
+        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+            continue
+        key = next((k for k in skins if k != "*" and k in gname), "*" if "*" in skins else next(iter(skins)))
+        uv = getattr(mesh.visual, "uv", None)
+        if uv is None or len(uv) != len(mesh.vertices):
+            raise MeshError(f"{path}: mesh {gname!r} has no texture coordinates")
+        if skins[key] not in images:
+            try:
+                images[skins[key]] = Image.open(skins[key])
+                images[skins[key]].load()
+            except Exception as e:
+                raise MeshError(f"{skins[key]}: texture does not load ({type(e).__name__}: {e})") from None
+        mesh = mesh.copy()
+        mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=images[skins[key]])
+        parts += parts_from_scene(mesh, UP_TRANSFORMS["y"])
+    if not parts:
+        raise MeshError(f"{path}: no triangles")
+    return parts
+
+
+# ----------------------------------------------------------------------------- UFO:AI (MD2)
+
+def list_ufoai(pk3: Path = UFOAI_PK3) -> list[Candidate]:
+    with zipfile.ZipFile(pk3) as z:
+        names = [n for n in z.namelist() if n.startswith("models/objects/") and n.endswith(".md2")]
+    return [Candidate("ufoai-data", f"ufoai-{_slug(n[len('models/objects/'):-4])}", str(pk3), n,
+                      licence="GPL-2+/CC-BY-SA-3.0 (per file, see debian/copyright)", category=n.split("/")[2])
+            for n in names]
+
+
+def md2_skin(z: zipfile.ZipFile, member: str, skins: list[str]) -> Image.Image | None:
+    """UFO:AI names skins relative to the model (``.name``, no extension) or by path."""
+    folder = member.rsplit("/", 1)[0]
+    names = set(z.namelist())
+    for s in skins or [Path(member).stem]:
+        base = f"{folder}/{s.lstrip('.')}" if s.startswith(".") or "/" not in s else s.rsplit(".", 1)[0]
+        for ext in (".png", ".jpg", ".tga"):
+            if base + ext in names:
+                try:
+                    im = Image.open(io.BytesIO(z.read(base + ext)))
+                    im.load()
+                    return im.convert("RGBA")
+                except Exception as e:
+                    raise MeshError(f"{base + ext}: texture does not load ({type(e).__name__}: {e})") from None
+    return None
+
+
+def load_ufoai(c: Candidate) -> list[Part]:
+    import trimesh
+    from core.data.md2 import MD2Error, read_md2
+    with zipfile.ZipFile(c.path) as z:
+        try:
+            info = z.getinfo(c.member)
+        except KeyError:
+            raise MeshError(f"{c.path}:{c.member}: not in the archive") from None
+        if info.file_size > 64 << 20:
+            raise MeshError(f"{c.path}:{c.member}: {info.file_size} bytes, larger than any real MD2")
+        try:
+            md2 = read_md2(z.read(c.member), f"{c.path}:{c.member}")
+        except MD2Error as e:
+            raise MeshError(str(e)) from None
+        skin = md2_skin(z, c.member, md2.skins)
+    if skin is None:
+        raise MeshError(f"{c.path}:{c.member}: skin {md2.skins or '(none named)'} not found")
+    mesh = trimesh.Trimesh(md2.vertices, md2.faces, process=False)
+    pos = md2.vertices[md2.faces].astype(np.float32)
+    cols = np.ones((*md2.faces.shape, 4), np.float32)
+    return [Part(pos, _crease_normals(mesh), cols, md2.uv, skin)]
+
+
+# ----------------------------------------------------------------------------- registry
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("sweethome3d-furniture", "sweethome3d-furniture", True, SH3D_ROOT, list_sweethome3d, load_sweethome3d,
+           "CC0-1.0 / CC-BY-3.0"),
+    Source("redeclipse-data", "redeclipse-data", True, REDECLIPSE_ROOT, list_redeclipse, load_redeclipse,
+           "CC-BY-SA-3.0"),
+    Source("ufoai-data", "ufoai-data", True, UFOAI_PK3, list_ufoai, load_ufoai, "GPL-2+ / CC-BY(-SA) 3.0 / PD"),
+)}
+
+
+def package_version(package: str) -> str | None:
+    """The installed Debian package's version (``dpkg-query``), for provenance; None elsewhere."""
+    import subprocess
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def describe(check: bool = False, limit: int | None = None) -> dict:
+    """``{"sources": {NAME: {package, installed, real, candidates, loadable, failures}}}``; with
+    ``check`` every candidate (or the first ``limit``) is loaded."""
+    out = {}
+    for name, s in SOURCES.items():
+        rec = {"package": s.package, "installed": s.installed, "version": package_version(s.package) if s.installed
+               else None, "real": s.real, "licence": s.licence, "candidates": None, "loadable": None}
+        if s.installed:
+            cands = s.list()
+            rec["candidates"] = len(cands)
+            if check:
+                ok, failures = 0, []
+                for c in cands[:limit]:
+                    try:
+                        s.load(c)
+                        ok += 1
+                    except MeshError as e:
+                        failures.append(str(e)[:200])
+                rec.update(loadable=ok, checked=len(cands[:limit]), failures=failures[:20])
+        else:
+            rec["install"] = f"apt-get install {s.package}"
+        out[name] = rec
+    from core.data.corpus import pybullet_jobs  # the sources that ship with the project and its wheels
+    pb = pybullet_jobs()
+    out["procedural"] = {"package": None, "installed": True, "real": False, "candidates": None, "loadable": None}
+    out["pybullet-random-urdfs"] = {"package": "pybullet (PyPI)", "installed": bool(pb), "real": False,
+                                    "candidates": sum("random_urdfs" in j.path for j in pb), "loadable": None}
+    out["pybullet-models"] = {"package": "pybullet (PyPI)", "installed": bool(pb), "real": True,
+                              "candidates": sum("random_urdfs" not in j.path for j in pb), "loadable": None}
+    return {"sources": out}

@@ -1,0 +1,168 @@
+"""Real mesh sources (core/data/sources.py) and the MD2 reader, on small fixtures made here (CI does not
+install the Debian packages)."""
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from core.data import sources
+from core.data.md2 import HEADER, MD2Error, read_md2, write_md2
+from core.data.render import MeshError, make_asset
+
+
+def tall_box(extents=(0.4, 0.6, 1.0)) -> trimesh.Trimesh:
+    return trimesh.creation.box(extents=extents)
+
+
+def corner_uv(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Per-corner UVs from the x/y of each corner (any distinct values do)."""
+    v = mesh.vertices[mesh.faces]
+    return ((v[..., :2] - v[..., :2].min((0, 1))) / np.ptp(v[..., :2].reshape(-1, 2), 0)).astype(np.float32)
+
+
+def png_bytes(color=(200, 30, 30), size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- MD2
+
+def test_md2_round_trip_keeps_shape_winding_and_uv():
+    box = tall_box()
+    uv = corner_uv(box)
+    m = read_md2(write_md2(box.vertices, box.faces, uv, skin=".box"))
+    assert m.skins == [".box"] and m.faces.shape == box.faces.shape
+    assert np.abs(m.vertices - box.vertices).max() < 1.0 / 255 + 1e-6            # 8-bit quantised
+    back = trimesh.Trimesh(m.vertices, m.faces, process=False)
+    assert back.is_winding_consistent and back.volume > 0                       # counter-clockwise: outward
+    assert np.abs(m.uv - uv).max() < 1.0 / 64 + 1e-6                            # skin pixels
+
+
+@pytest.mark.parametrize("damage", ["short", "magic", "offset", "count", "vertex_index"])
+def test_damaged_md2_is_a_clear_error(damage):
+    box = tall_box()
+    data = bytearray(write_md2(box.vertices, box.faces))
+    fields = list(HEADER.unpack_from(data))
+    if damage == "short":
+        data = data[:40]
+    elif damage == "magic":
+        data[:4] = b"IDP3"
+    elif damage == "offset":
+        fields[14] = len(data) + 100          # frames beyond the end of the file
+        HEADER.pack_into(data, 0, *fields)
+    elif damage == "count":
+        fields[8] = 2 ** 30                   # triangles: an allocation no file can back
+        HEADER.pack_into(data, 0, *fields)
+    else:
+        ofs_tris = fields[13]
+        struct.pack_into("<H", data, ofs_tris, 60000)
+    with pytest.raises(MD2Error):
+        read_md2(bytes(data), "x.md2")
+
+
+# ----------------------------------------------------------------------------- Sweet Home 3D
+
+def sh3f(path, rotation: str = ""):
+    """A catalogue zip with one Y-up model (tall along Y) and its MTL colour."""
+    box = tall_box((0.4, 1.0, 0.6))                       # tall along the model's +Y
+    obj = trimesh.exchange.obj.export_obj(box, include_normals=True)
+    props = ("id#1=Test#box\nname#1=Tall box\ncategory#1=Living room\nmodel#1=/test/box/box.obj\n"
+             + (f"modelRotation#1={rotation}\n" if rotation else ""))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("PluginFurnitureCatalog.properties", props)
+        z.writestr("test/box/box.obj", "mtllib box.mtl\nusemtl red\n" + obj)
+        z.writestr("test/box/box.mtl", "newmtl red\nKd 0.8 0.1 0.1\n")
+    return path
+
+
+def test_sweethome3d_catalogue_lists_and_loads_upright(tmp_path):
+    sh3f(tmp_path / "Test-CC-0.sh3f")
+    (c,) = sources.list_sweethome3d(tmp_path)
+    assert c.category == "Living room" and c.member == "test/box/box.obj" and c.licence == "CC0-1.0"
+    asset = make_asset(sources.load_sweethome3d(c))
+    ext = asset.mesh.extents
+    assert ext[2] == pytest.approx(1.0) and ext[2] > ext[0] and ext[2] > ext[1]   # model +Y -> world +Z
+    colors = np.concatenate([p.colors.reshape(-1, 4) for p in asset.parts])
+    assert colors[:, 0].mean() > 0.6 and colors[:, 1].mean() < 0.3                 # the MTL's red, not grey
+
+
+def test_sweethome3d_model_rotation_is_applied(tmp_path):
+    sh3f(tmp_path / "Rot-CC-0.sh3f", rotation="1 0 0 0 0 -1 0 1 0")             # lays the tall axis along Z
+    (c,) = sources.list_sweethome3d(tmp_path)
+    ext = make_asset(sources.load_sweethome3d(c)).mesh.extents
+    assert ext[2] < 1.0                                                          # no longer tallest along up
+
+
+# ----------------------------------------------------------------------------- Red Eclipse
+
+def test_redeclipse_prop_takes_the_skin_obj_cfg_names(tmp_path):
+    prop = tmp_path / "maker" / "crate"
+    prop.mkdir(parents=True)
+    box = tall_box((0.5, 1.0, 0.5))
+    box.visual = trimesh.visual.TextureVisuals(uv=np.random.default_rng(0).random((len(box.vertices), 2)))
+    (prop / "crate.obj").write_text(trimesh.exchange.obj.export_obj(box, include_texture=True))
+    (prop / "wood.png").write_bytes(png_bytes((30, 200, 40)))
+    (prop / "obj.cfg").write_text('objload crate.obj\nobjskin * "wood.png"\n')
+    (c,) = sources.list_redeclipse(tmp_path)
+    parts = sources.load_redeclipse(c)
+    assert all(p.texture is not None and p.uv is not None for p in parts)
+    assert np.asarray(parts[0].texture)[..., 1].mean() > 150                    # the named skin
+    (prop / "wood.png").unlink()
+    with pytest.raises(MeshError, match="crate.obj: no skin image"):
+        sources.load_redeclipse(c)
+
+
+# ----------------------------------------------------------------------------- UFO:AI
+
+def test_ufoai_md2_loads_textured_from_the_pk3(tmp_path):
+    box = tall_box()
+    pk3 = tmp_path / "0models.pk3"
+    with zipfile.ZipFile(pk3, "w") as z:
+        z.writestr("models/objects/barrels/barrel.md2", write_md2(box.vertices, box.faces, corner_uv(box), ".barrel"))
+        z.writestr("models/objects/barrels/barrel.png", png_bytes((20, 40, 220), (16, 16)))
+        z.writestr("models/objects/barrels/lid.md2", write_md2(box.vertices, box.faces, corner_uv(box), ".nope"))
+    cands = {c.name: c for c in sources.list_ufoai(pk3)}
+    assert set(cands) == {"ufoai-barrels-barrel", "ufoai-barrels-lid"}
+    (part,) = sources.load_ufoai(cands["ufoai-barrels-barrel"])
+    assert part.texture is not None and part.uv.shape == (12, 3, 2) and part.positions.shape == (12, 3, 3)
+    with pytest.raises(MeshError, match="lid.md2: skin"):
+        sources.load_ufoai(cands["ufoai-barrels-lid"])
+
+
+def test_too_few_faces_is_refused_and_unknown_or_missing_sources_are_named(tmp_path, monkeypatch):
+    from core.data.corpus import source_jobs
+    src = sources.Source("tiny", "tiny-package", True, tmp_path, lambda: [sources.Candidate("tiny", "t", "x")],
+                         lambda c: sources.load_ufoai(c))
+    assert src.installed
+    missing = sources.Source("gone", "gone-data", True, tmp_path / "nope", lambda: [], lambda c: [])
+    with pytest.raises(MeshError, match="apt-get install gone-data"):
+        missing.list()
+    monkeypatch.setitem(sources.SOURCES, "gone", missing)
+    said = []
+    assert source_jobs(["gone"], log=said.append) == [] and "apt-get install gone-data" in said[0]
+    with pytest.raises(MeshError, match="unknown source"):
+        source_jobs(["no-such-source"])
+
+
+def test_unseen_sources_go_to_val_unseen_only(monkeypatch, tmp_path):
+    from core.data.corpus import Job, assign_splits
+    jobs = [Job(f"a{i}", "source", source="seen") for i in range(50)] + \
+        [Job(f"b{i}", "source", source="held-out") for i in range(10)] + [Job(f"p{i}", "procedural") for i in range(20)]
+    assign_splits(jobs, 0.2, 0, ("held-out",))
+    assert {j.split for j in jobs if j.source == "held-out"} == {"val_unseen"}
+    assert {j.split for j in jobs if j.source != "held-out"} <= {"train", "val"} and any(j.split == "val" for j in jobs)
+
+
+def test_describe_lists_every_source_with_its_package():
+    res = sources.describe()["sources"]
+    for name in ("sweethome3d-furniture", "redeclipse-data", "ufoai-data"):
+        assert res[name]["package"] == name and res[name]["real"]
+        assert res[name]["installed"] == (res[name]["candidates"] is not None)
+    assert not res["procedural"]["real"] and not res["pybullet-random-urdfs"]["real"]
