@@ -103,7 +103,8 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.eval recon", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="dataset root (its val/ is used) or a folder of object folders")
+    ap.add_argument("--data", required=True, help="dataset root (its --split is used) or a folder of object folders")
+    ap.add_argument("--split", default="val", help="split of a dataset root: val, val_unseen, train")
     ap.add_argument("--checkpoint", default="checkpoints/recon")
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--input-views", default="000", help="comma-separated view ids used as input, e.g. 000,006")
@@ -118,11 +119,13 @@ def main(argv=None) -> int:
 
     pipe = ReconPipeline.from_pretrained(args.checkpoint, device=args.device)
     root = Path(args.data)
-    objects = list_objects(root, "val" if (root / "val").is_dir() else None)[: args.max_objects]
+    if (root / "train").is_dir() and not (root / args.split).is_dir():
+        raise SystemExit(f"error: {root} has no {args.split}/ split")
+    objects = list_objects(root, args.split if (root / args.split).is_dir() else None)[: args.max_objects]
     if not objects:
         raise SystemExit(f"{root}: no object folders found")
     views = [v.strip() for v in args.input_views.split(",") if v.strip()]
     res = evaluate(pipe, objects, views, args.mc_resolution)
-    res.update({"checkpoint": str(args.checkpoint), "data": str(root)})
+    res.update({"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split})
     emit_json(res, args.out, hide_in_print=("per_object",))
     return 0
