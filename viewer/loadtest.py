@@ -50,6 +50,21 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def sample_rss(pid: int, every_s: float) -> tuple[list[float], threading.Event]:
+    """A thread appending the process's RSS (MB) to the returned list every ``every_s`` until the
+    returned event is set."""
+    samples, stop = [rss_mb(pid)], threading.Event()
+
+    def sample():
+        while not stop.wait(every_s):
+            try:
+                samples.append(rss_mb(pid))
+            except (OSError, RuntimeError):  # the server went away: the harness reports that itself
+                return
+    threading.Thread(target=sample, daemon=True).start()
+    return samples, stop
+
+
 def photo(i: int, path: Path) -> Path:
     """A distinct object per client: hue, shape and size differ; plain grey background."""
     rng = np.random.default_rng(i)
@@ -184,12 +199,7 @@ def soak(args) -> dict:
         c.close()
         time.sleep(2.0)
         start = rss_mb(proc.pid)
-        samples, stop = [start], threading.Event()
-
-        def sample():
-            while not stop.wait(0.5):
-                samples.append(rss_mb(proc.pid))
-        threading.Thread(target=sample, daemon=True).start()
+        samples, stop = sample_rss(proc.pid, 0.5)
         rounds = [hostile.run(url, args.sessions, args.clients, tmp) for _ in range(args.rounds)]
         after_load = rss_mb(proc.pid)
         time.sleep(args.idle_seconds)
@@ -255,12 +265,7 @@ def main(argv=None) -> int:
         print("warm-up done", flush=True)
         stream_view(grad[0][0], 30, 20, 2.0, 0)           # warm-up of the Gradio path
         rss0 = rss_mb(proc.pid)
-        samples, stop = [rss0], threading.Event()
-
-        def sample():
-            while not stop.wait(1.0):
-                samples.append(rss_mb(proc.pid))
-        threading.Thread(target=sample, daemon=True).start()
+        samples, stop = sample_rss(proc.pid, 1.0)
         deadline = time.perf_counter() + args.seconds
         grec = [{"first": [], "final": [], "frames": [], "done": []} for _ in range(G)]
         vrec = [{"first": [], "final": [], "frames": [], "done": [], "labels": [], "sent": set()} for _ in range(M)]

@@ -20,13 +20,8 @@ from core.cli import device_arg
 
 
 def _median_ms(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1000)
+    from core.train.common import median_seconds
+    return median_seconds(fn, repeat) * 1000
 
 
 def _input_image(path: str | None, size: int):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,14 +114,8 @@ def _recon_batch(c, batch: int, device, views: int = 1, targets: int = 2, rays: 
 
 
 def time_steps(step, prec: str, steps: int) -> float:
-    for _ in range(2):
-        step(prec)
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step(prec)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    from core.train.common import median_seconds
+    return median_seconds(lambda: step(prec), steps, warmup=2)
 
 
 def bench_size(model: str, cfg: dict, batch: int, steps: int, device, compile_: bool) -> dict:

@@ -136,6 +136,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def median_seconds(fn: Callable[[], None], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return sorted(runs)[len(runs) // 2]
+
+
 def measure_precision(probe: Callable[[str], None], device, repeats: int = 3, margin: float = 0.9) -> dict:
     """Median seconds of ``probe("fp32")`` and ``probe("bf16")`` after a warm-up of each; bf16 is the
     choice when it takes under ``margin`` of fp32's time. On CUDA bf16 is taken when supported (its
@@ -144,15 +156,7 @@ def measure_precision(probe: Callable[[str], None], device, repeats: int = 3, ma
     dev = torch.device(device)
     if dev.type == "cuda":
         return {"choice": resolve_precision("auto", dev), "measured": False}
-    times = {}
-    for prec in ("fp32", "bf16"):
-        probe(prec)
-        runs = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            probe(prec)
-            runs.append(time.perf_counter() - t)
-        times[prec] = sorted(runs)[len(runs) // 2]
+    times = {prec: median_seconds(lambda: probe(prec), repeats) for prec in ("fp32", "bf16")}
     choice = "bf16" if times["bf16"] < margin * times["fp32"] else "fp32"
     return {"choice": choice, "measured": True, "fp32_s": round(times["fp32"], 4), "bf16_s": round(times["bf16"], 4),
             "bf16_speedup": round(times["fp32"] / times["bf16"], 3)}
