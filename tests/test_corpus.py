@@ -4,7 +4,7 @@ import pytest
 
 from core.data import io
 from core.data.check import check_dataset
-from core.data.corpus import RenderSettings, assign_splits, build_corpus, procedural_jobs, pybullet_jobs, zero_ad_jobs
+from core.data.corpus import RenderSettings, assign_splits, build_corpus, procedural_jobs, pybullet_jobs
 
 
 def test_split_is_by_object_and_stable():
@@ -28,13 +28,9 @@ def test_pybullet_sources_cover_random_urdfs_and_skip_helpers():
     assert len({j.name for j in jobs}) == len(jobs)
 
 
-def test_zero_ad_is_skipped_silently_when_absent(tmp_path):
-    assert zero_ad_jobs(tmp_path / "no-0ad") == [] and zero_ad_jobs(None) == []
-
-
 def test_build_corpus_writes_splits_and_report(tmp_path):
     out = tmp_path / "corpus"
-    rep = build_corpus(out, procedural=3, pybullet=True, zero_ad=str(tmp_path / "absent"), val_fraction=0.5,
+    rep = build_corpus(out, procedural=3, pybullet=True, val_fraction=0.5,
                        workers=1, settings=RenderSettings(size=32, views=2), limit_pybullet=2, log=lambda *a: None)
     saved = json.loads((out / "corpus.json").read_text())
     assert saved["counts"] == rep["counts"]

@@ -166,3 +166,44 @@ def test_describe_lists_every_source_with_its_package():
         assert res[name]["package"] == name and res[name]["real"]
         assert res[name]["installed"] == (res[name]["candidates"] is not None)
     assert not res["procedural"]["real"] and not res["pybullet-random-urdfs"]["real"]
+
+
+# ----------------------------------------------------------------------------- 0 A.D. (PMD)
+
+def test_pmd_round_trip_and_damage():
+    from core.data.pmd import PMDError, read_pmd, write_pmd
+    box = tall_box()
+    uv = np.random.default_rng(0).random((len(box.vertices), 2)).astype(np.float32)
+    m = read_pmd(write_pmd(box.vertices, box.faces, uv))
+    assert np.allclose(m.vertices, box.vertices) and np.array_equal(m.faces, box.faces) and np.allclose(m.uv, uv)
+    data = write_pmd(box.vertices, box.faces)
+    for bad in (data[:30], b"PSMX" + data[4:], data[:16] + struct.pack("<I", 2 ** 30) + data[20:]):
+        with pytest.raises(PMDError):
+            read_pmd(bad, "x.pmd")
+
+
+def test_zero_ad_mesh_takes_its_actors_texture_and_small_props_are_dropped(tmp_path):
+    from core.data.pmd import write_pmd
+    box = tall_box((1.0, 3.0, 1.5))                                        # game units, +Y up
+    sub = trimesh.creation.icosphere(subdivisions=2, radius=1.5)           # 320 faces: above the decoration filter
+    uv = np.random.default_rng(0).random((len(sub.vertices), 2))
+    archive = tmp_path / "public.zip"
+    dds = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 180, 40)).save(dds, "PNG")              # any image Pillow reads
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("art/meshes/props/urn.dae.cached.pmd", write_pmd(sub.vertices, sub.faces[:, ::-1], uv))
+        z.writestr("art/meshes/props/pebble.dae.cached.pmd", write_pmd(box.vertices * 0.1, box.faces[:, ::-1]))
+        z.writestr("art/meshes/structural/wall.dae.cached.pmd", write_pmd(box.vertices, box.faces[:, ::-1]))
+        z.writestr("art/textures/skins/props/urn.png.cached.dds", dds.getvalue())
+        z.writestr("art/actors/props/urn.xml", '<actor><group><variant><mesh>props/urn.dae</mesh><textures>'
+                                              '<texture file="props/urn.png" name="baseTex"/></textures></variant>'
+                                              '</group></actor>')
+    cands = {c.name: c for c in sources.list_zero_ad(archive)}
+    assert set(cands) == {"0ad-props-urn", "0ad-props-pebble"}                  # no building parts
+    assert cands["0ad-props-urn"].get("texture") == "art/textures/skins/props/urn.png.cached.dds"
+    parts = sources.load_zero_ad(cands["0ad-props-urn"])
+    mesh = trimesh.Trimesh(parts[0].positions.reshape(-1, 3), np.arange(len(parts[0].positions) * 3).reshape(-1, 3))
+    mesh.merge_vertices()
+    assert parts[0].texture is not None and mesh.volume > 0                     # textured, faces wound outward
+    with pytest.raises(MeshError, match="small decoration"):
+        sources.load_zero_ad(cands["0ad-props-pebble"])

@@ -70,11 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--start", type=int, default=0, help="index of the first object")
     p.add_argument("--val-fraction", type=float, default=0.0, help="> 0: write train/ and val/ subfolders")
     _render_args(p)
-    p = sub.add_parser("corpus", help="the training corpus: procedural + pybullet_data (+ 0ad-data)")
+    p = sub.add_parser("corpus", help="the training corpus: procedural + pybullet_data (+ --sources)")
     p.add_argument("--procedural", type=int, default=1500, help="number of procedural objects")
     p.add_argument("--no-pybullet", action="store_true")
     p.add_argument("--limit-pybullet", type=int, default=None, help="use only the first N pybullet models")
-    p.add_argument("--zero-ad", default="/usr/share/games/0ad", help="0ad-data folder, skipped if absent")
+    p.add_argument("--zero-ad", default=None, help=argparse.SUPPRESS)  # deprecated: --sources 0ad-data
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--sources", default="", help="real mesh sources to add, comma-separated (python -m core.data "
                    "sources lists them)")
@@ -119,7 +119,11 @@ def main(argv=None) -> int:
         return _summary(corpus.run_jobs(jobs, a.out, settings, a.workers, not a.quiet, log), "procedural")
     if a.cmd == "corpus":
         split = lambda v: tuple(x for x in v.split(",") if x)  # noqa: E731
-        rep = corpus.build_corpus(a.out, a.procedural, not a.no_pybullet, a.zero_ad, a.val_fraction, a.seed,
+        if a.zero_ad is not None:  # it searched for .dae files the package does not hold; PMD is read now
+            print("warning: --zero-ad is deprecated and goes in the next release; use --sources 0ad-data",
+                  file=sys.stderr)
+            a.sources = ",".join(filter(None, [a.sources, "0ad-data"]))
+        rep = corpus.build_corpus(a.out, a.procedural, not a.no_pybullet, a.val_fraction, a.seed,
                                   a.workers, settings, a.limit_pybullet, log=log, sources=split(a.sources),
                                   max_per_source=a.max_per_source, unseen_sources=split(a.unseen_sources))
         print(json.dumps({k: rep[k] for k in ("counts", "size_bytes", "seconds")}, indent=2))

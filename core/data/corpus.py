@@ -5,7 +5,8 @@ a pool of worker processes, one EGL context each, skipping objects that are alre
 (``meta.json`` present) and reporting, not raising, per-object failures. ``build_corpus``
 assembles the jobs of the recipe: N procedural objects + the models that ship in the
 ``pybullet`` wheel (``pybullet_data``: its 1000 ``random_urdfs`` and the other URDF models and
-meshes) + optionally Debian's ``0ad-data`` meshes, split into ``train/`` and ``val/`` by object.
+meshes) + the real mesh collections of ``core.data.sources`` named with ``sources``, split into
+``train/``, ``val/`` and (``unseen_sources``) ``val_unseen/`` by object.
 """
 from __future__ import annotations
 
@@ -215,15 +216,6 @@ def pybullet_jobs(root: Path | None = None) -> list[Job]:
     return jobs
 
 
-def zero_ad_jobs(root: str | Path | None) -> list[Job]:
-    """Debian ``0ad-data`` meshes (Collada, +Y up in the game's convention), when installed."""
-    if not root or not Path(root).is_dir():
-        return []
-    meshes = sorted(p for p in Path(root).rglob("*.dae") if "/meshes/" in p.as_posix())
-    return [Job(f"0ad_{_slug(p.relative_to(root).as_posix()[:-4])}"[:120], "mesh", str(p), up="y",
-                licence="0 A.D. art (CC-BY-SA 3.0, Wildfire Games)") for p in meshes]
-
-
 def procedural_jobs(n: int, seed: int = 0, start: int = 0) -> list[Job]:
     return [Job(f"proc_{seed}_{i:05d}", "procedural", seed=seed, index=i, licence="generated") for i in range(start, start + n)]
 
@@ -380,7 +372,7 @@ def disk_usage(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True, zero_ad: str | None = None,
+def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
                  val_fraction: float = 0.05, seed: int = 0, workers: int = 2, settings: RenderSettings | None = None,
                  limit_pybullet: int | None = None, log=print, sources: tuple[str, ...] = (),
                  max_per_source: int | None = None, unseen_sources: tuple[str, ...] = ()) -> dict:
@@ -390,7 +382,6 @@ def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
     jobs = procedural_jobs(procedural, seed)
     pb = pybullet_jobs() if pybullet else []
     jobs += pb[:limit_pybullet] if limit_pybullet is not None else pb
-    jobs += zero_ad_jobs(zero_ad)
     jobs += source_jobs(list(dict.fromkeys(list(sources) + list(unseen_sources))), max_per_source, seed, log)
     assign_splits(jobs, val_fraction, seed, tuple(unseen_sources))
     log(f"corpus: {len(jobs)} objects ({procedural} procedural, {len(pb)} pybullet, "
@@ -398,8 +389,7 @@ def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
         f"-> {out}, {workers} workers")
     summary = run_jobs(jobs, out, settings, workers, log=log)
     ok = [r for r in summary["results"] if r["status"] in ("ok", "existing")]
-    kind = {j.name: j.source or ("procedural" if j.kind == "procedural" else "0ad" if j.name.startswith("0ad_")
-                                 else "pybullet") for j in jobs}
+    kind = {j.name: j.source or ("procedural" if j.kind == "procedural" else "pybullet") for j in jobs}
     source = {r["name"]: kind[r["name"]] for r in ok}
     cats = {j.name: f"{j.source}/{j.category}" for j in jobs if j.source}
     counts = {

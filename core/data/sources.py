@@ -10,8 +10,9 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | sweethome3d-furniture | sweethome3d-furniture | OBJ+MTL inside ``.sh3f`` zips, Y up, catalogue in ``PluginFurnitureCatalog.properties`` |
 | redeclipse-data | redeclipse-data | OBJ props, Y up, skin from ``obj.cfg`` (``objskin``) or the folder's ``diffuse.png`` |
 | ufoai-data | ufoai-data | MD2 (``core.data.md2``) inside ``base/0models.pk3``, Z up, skins named in the file |
+| 0ad-data | 0ad-data | PMD (``core.data.pmd``) inside ``mods/public/public.zip``, Y up, DDS skins from ``art/actors/**.xml`` |
 
-Still to come (the corpus v2 issue): minetest-mod-homedecor, 0ad-data (PMD), kicad-packages3d (VRML).
+Still to come (the corpus v2 issue): minetest-mod-homedecor, kicad-packages3d (VRML).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from core.data.render import UP_TRANSFORMS, MeshError, Part, _crease_normals, pa
 SH3D_ROOT = Path("/usr/share/sweethome3d/furniture")
 REDECLIPSE_ROOT = Path("/usr/share/games/redeclipse/data")
 UFOAI_PK3 = Path("/usr/share/games/ufoai/base/0models.pk3")
+ZERO_AD_ZIP = Path("/usr/share/games/0ad/mods/public/public.zip")
 MIN_FACES = 20
 
 
@@ -261,6 +263,74 @@ def load_ufoai(c: Candidate) -> list[Part]:
     return [Part(pos, _crease_normals(mesh), cols, md2.uv, skin)]
 
 
+# ----------------------------------------------------------------------------- 0 A.D. (PMD)
+
+ZERO_AD_KEEP = ("props", "gaia", "skeletal")    # not "structural" (building parts), "temp", "test"
+ZERO_AD_MIN_FACES, ZERO_AD_MIN_EXTENT = 60, 1.0  # tiny decorations (game units; a soldier is ~2 tall)
+_ACTOR_MESH = re.compile(r"<mesh>\s*([^<\s]+)\s*</mesh>")
+_ACTOR_BASETEX = re.compile(r'<texture\s+file="([^"]+)"\s+name="baseTex"')
+
+
+def zero_ad_textures(z: zipfile.ZipFile) -> dict[str, str]:
+    """PMD member -> base texture member, from the actors (the meshes do not name their textures): each
+    actor's meshes take the first ``baseTex`` it lists."""
+    names = set(z.namelist())
+    out: dict[str, str] = {}
+    for a in sorted(n for n in names if n.startswith("art/actors/") and n.endswith(".xml")):
+        text = z.read(a).decode("utf-8", "replace")
+        tex = _ACTOR_BASETEX.search(text)
+        if not tex:
+            continue
+        base = f"art/textures/skins/{tex.group(1)}"
+        member = next((m for m in (base, base + ".cached.dds", base.rsplit(".", 1)[0] + ".dds") if m in names), None)
+        if member is None:
+            continue
+        for mesh in _ACTOR_MESH.findall(text):   # the archive holds the converted mesh: NAME.dae.cached.pmd
+            out.setdefault(f"art/meshes/{mesh}.cached.pmd", member)
+            out.setdefault("art/meshes/" + mesh.rsplit(".", 1)[0] + ".pmd", member)
+    return out
+
+
+def list_zero_ad(archive: Path = ZERO_AD_ZIP) -> list[Candidate]:
+    with zipfile.ZipFile(archive) as z:
+        textures = zero_ad_textures(z)
+        names = [n for n in z.namelist() if n.startswith("art/meshes/") and n.endswith(".pmd")]
+    out = []
+    for n in sorted(names):
+        cat = n.split("/")[2]
+        if cat in ZERO_AD_KEEP:
+            stem = n[len("art/meshes/"):].removesuffix(".pmd").removesuffix(".cached").removesuffix(".dae")
+            out.append(Candidate("0ad-data", f"0ad-{_slug(stem)}", str(archive), n,
+                                 "CC-BY-SA-3.0", cat, (("texture", textures.get(n, "")),)))
+    return out
+
+
+def load_zero_ad(c: Candidate) -> list[Part]:
+    import trimesh
+    from core.data.pmd import PMDError, read_pmd
+    with zipfile.ZipFile(c.path) as z:
+        try:
+            pmd = read_pmd(z.read(c.member), f"{c.path}:{c.member}")
+        except (PMDError, KeyError) as e:
+            raise MeshError(str(e)) from None
+        if len(pmd.faces) < ZERO_AD_MIN_FACES or np.ptp(pmd.vertices, 0).max() < ZERO_AD_MIN_EXTENT:
+            raise MeshError(f"{c.path}:{c.member}: a small decoration ({len(pmd.faces)} faces, "
+                            f"{np.ptp(pmd.vertices, 0).max():.2f} units)")
+        tex = c.get("texture")
+        if not tex:
+            raise MeshError(f"{c.path}:{c.member}: no actor names a texture for it")
+        try:
+            image = Image.open(io.BytesIO(z.read(tex)))
+            image.load()
+            image = image.convert("RGBA")
+        except Exception as e:
+            raise MeshError(f"{c.path}:{tex}: texture does not load ({type(e).__name__}: {e})") from None
+    faces = pmd.faces[:, ::-1]   # the game's faces are clockwise seen from outside: reverse them
+    mesh = trimesh.Trimesh(pmd.vertices, faces, process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=pmd.uv, image=image))
+    return parts_from_scene(mesh, UP_TRANSFORMS["y"])
+
+
 # ----------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -269,6 +339,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("redeclipse-data", "redeclipse-data", True, REDECLIPSE_ROOT, list_redeclipse, load_redeclipse,
            "CC-BY-SA-3.0"),
     Source("ufoai-data", "ufoai-data", True, UFOAI_PK3, list_ufoai, load_ufoai, "GPL-2+ / CC-BY(-SA) 3.0 / PD"),
+    Source("0ad-data", "0ad-data", True, ZERO_AD_ZIP, list_zero_ad, load_zero_ad, "CC-BY-SA-3.0"),
 )}
 
 
