@@ -257,3 +257,27 @@ def test_urdf_joint_chain_scale_and_colour(tmp_path):
     assert np.allclose(base.colors[..., :3], [1, 0, 0]) and np.allclose(arm.colors[..., :3], [0, 1, 0])
     # the triangle (0,0,0),(2,0,0),(0,2,0) rotated 90 deg about Z and lifted by 1 + 0.5
     assert np.allclose(arm.positions[0], [[0, 0, 1.5], [0, 2, 1.5], [-2, 0, 1.5]], atol=1e-5)
+
+
+def test_random_lighting_changes_shading_not_coverage_and_is_recorded(tmp_path, renderer):
+    """The corpus v2 rig: per object, fixed for all its views; shading changes, the silhouette does not."""
+    from core.data.render import Lighting, random_lighting
+    box = trimesh.creation.box(extents=(0.6, 0.5, 1.0))
+    renderer.set_asset(make_asset(parts_from_trimesh(box)))
+    w2c = cameras.pose_from_spherical(30, 20, 2.0)
+    renderer.set_lighting(Lighting())
+    a = renderer.render(w2c)
+    rigs = [random_lighting(np.random.default_rng(s)) for s in range(3)]
+    outs = []
+    for rig in rigs:
+        renderer.set_lighting(rig)
+        outs.append(renderer.render(w2c))
+    renderer.set_lighting(Lighting())
+    assert all(np.array_equal(o.alpha, a.alpha) for o in outs)
+    on = a.alpha == 255
+    assert all(np.abs(np.asarray(o.image, float)[on] - np.asarray(a.image, float)[on]).mean() > 2.0 for o in outs)
+    assert len({json.dumps(r.to_dict()) for r in rigs}) == 3
+    rc = data_main(["procedural", "--out", str(tmp_path / "p"), "--objects", "1", "--views", "2", "--size", "32",
+                    "--lighting", "random", "--workers", "1", "--quiet"])
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "p").rglob("meta.json")]
+    assert rc == 0 and set(meta["lighting"]) == {"directions", "intensities", "ambient", "tint"}

@@ -28,6 +28,9 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes, one EGL context each")
     p.add_argument("--depth-dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--no-mesh", action="store_true", help="do not write mesh.ply")
+    p.add_argument("--lighting", choices=("fixed", "random"), default="fixed",
+                   help="random: a photo-like light rig per object (direction, balance, exposure, colour "
+                        "temperature), the same for all its views; fixed: the v1 corpus's rig")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -41,7 +44,7 @@ def _settings(a):
     if a.views < 1 or a.size < 8:
         raise SystemExit("--views must be >= 1 and --size >= 8")
     return RenderSettings(a.size, a.views, a.fov, tuple(a.elevation_range), tuple(a.radius_range), a.seed,
-                          a.depth_dtype, not a.no_mesh)
+                          a.depth_dtype, not a.no_mesh, a.lighting)
 
 
 def _summary(summary: dict, what: str) -> int:

@@ -55,6 +55,7 @@ class RenderSettings:
     seed: int = 0  # view sampling seed (combined with the object name)
     depth_dtype: str = "float16"
     write_mesh: bool = True
+    lighting: str = "fixed"   # "random": a photo-like rig per object (render.random_lighting), same for its views
 
 
 # ----------------------------------------------------------------------------- URDF models
@@ -322,7 +323,16 @@ def _run_job(args) -> dict:
         s = _SETTINGS
         rng = np.random.default_rng([s.seed, zlib.crc32(job.name.encode())])
         views = sample_views(s.views, rng, s.elevation_range, s.radius_range)
-        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh, provenance(job))
+        meta = provenance(job)
+        if s.lighting == "random":
+            from core.data.render import random_lighting
+            lighting = random_lighting(rng)
+            meta["lighting"] = lighting.to_dict()
+        else:
+            from core.data.render import Lighting
+            lighting = Lighting()
+        _RENDERER.set_lighting(lighting)
+        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh, meta)
     except Exception as e:  # one bad asset must not stop a batch: report it and go on
         shutil.rmtree(folder, ignore_errors=True)
         msg = str(e) if isinstance(e, MeshError) else f"{job.path or job.name}: {type(e).__name__}: {e}"

@@ -40,6 +40,42 @@ LIGHTS = (  # (direction towards the light in world space, intensity)
 AMBIENT = 0.35
 
 
+@dataclass(frozen=True)
+class Lighting:
+    """Three directional lights fixed in the world frame (so a surface keeps its colour from every
+    view of one object), an ambient term and a colour tint. The default is the v1 corpus's fixed rig."""
+    directions: tuple = tuple(d for d, _ in LIGHTS)
+    intensities: tuple = tuple(k for _, k in LIGHTS)
+    ambient: float = AMBIENT
+    tint: tuple = (1.0, 1.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return {"directions": [list(map(float, d)) for d in self.directions],
+                "intensities": list(map(float, self.intensities)), "ambient": float(self.ambient),
+                "tint": list(map(float, self.tint))}
+
+
+def random_lighting(rng: np.random.Generator) -> Lighting:
+    """A photo-like rig per object: a key light from a random azimuth 20-70 deg up, a weaker fill from
+    the other side, a rim light; key/fill/ambient balance and overall exposure vary, and the colour
+    temperature leans warm or cool a little (tungsten to overcast daylight)."""
+    def direction(az_deg, el_deg):
+        a, e = math.radians(az_deg), math.radians(el_deg)
+        return (math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e))
+    key_az = rng.uniform(0, 360)
+    key = rng.uniform(0.45, 0.8)
+    fill = key * rng.uniform(0.15, 0.6)
+    rim = rng.uniform(0.0, 0.3)
+    ambient = rng.uniform(0.2, 0.45)
+    exposure = rng.uniform(0.85, 1.1) / max(1.0, (ambient + key + fill + rim) / 1.3)
+    warm = rng.uniform(-1.0, 1.0)   # -1 cool ... +1 warm
+    tint = (1.0 + 0.06 * warm, 1.0, 1.0 - 0.08 * warm)
+    return Lighting((direction(key_az, rng.uniform(20, 70)), direction(key_az + 180 + rng.uniform(-40, 40),
+                                                                         rng.uniform(0, 40)),
+                     direction(key_az + 90 + rng.uniform(-30, 30), rng.uniform(-10, 30))),
+                    (key * exposure, fill * exposure, rim * exposure), ambient * exposure, tint)
+
+
 class MeshError(ValueError):
     """A mesh file that cannot be rendered (unreadable, no triangles, ...); names the file."""
 
@@ -241,6 +277,7 @@ uniform bool use_tex;
 uniform vec3 light_dir[3];
 uniform float light_k[3];
 uniform float ambient;
+uniform vec3 light_tint;  // the lights' colour (colour temperature); white = (1, 1, 1)
 uniform vec3 cam_pos;
 uniform mat3 cam_rot;
 in vec3 v_normal; in vec4 v_color; centroid in vec2 v_uv; centroid in vec3 v_cam;  // centroid: MSAA edge pixels
@@ -263,7 +300,7 @@ void main() {
     if (dot(n, cam_pos - world_pt) < 0.0) n = -n;  // two-sided lighting
     float light = ambient;
     for (int i = 0; i < 3; ++i) light += light_k[i] * max(dot(n, light_dir[i]), 0.0);
-    f_color = vec4(clamp(base.rgb * light, 0.0, 1.0), 1.0);
+    f_color = vec4(clamp(base.rgb * light * light_tint, 0.0, 1.0), 1.0);
     f_depth = floatBitsToUint(max(-v_cam.z, 0.0));  // integer: the MSAA resolve picks one sample, never a blend
 }
 """
@@ -312,12 +349,16 @@ class Renderer:
             self.ctx.depth_renderbuffer(s, samples=samples))
         self.resolved = self.ctx.framebuffer([self.ctx.renderbuffer(s, 4), self.ctx.renderbuffer(s, 1, dtype="u4")])
         self.white = self.ctx.texture((1, 1), 4, bytes([255, 255, 255, 255]))
-        dirs = [np.asarray(d, np.float64) / np.linalg.norm(d) for d, _ in LIGHTS]
-        self.prog["light_dir"].value = [tuple(d.tolist()) for d in dirs]
-        self.prog["light_k"].value = [k for _, k in LIGHTS]
-        self.prog["ambient"].value = AMBIENT
+        self.set_lighting(Lighting())
         self.prog["tex"].value = 0
         self._objects: list = []
+
+    def set_lighting(self, lighting: Lighting) -> None:
+        dirs = [np.asarray(d, np.float64) / np.linalg.norm(d) for d in lighting.directions]
+        self.prog["light_dir"].value = [tuple(d.tolist()) for d in dirs]
+        self.prog["light_k"].value = [float(k) for k in lighting.intensities]
+        self.prog["ambient"].value = float(lighting.ambient)
+        self.prog["light_tint"].value = tuple(float(t) for t in lighting.tint)
 
     def set_asset(self, asset: Asset | list[Part]) -> None:
         self.release_asset()
