@@ -101,3 +101,16 @@ def test_view_pair_dataset(tmp_path):
 def test_tensor_image_round_trip():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
     assert np.array_equal(np.asarray(io.tensor_to_image(io.image_to_tensor(img))), np.asarray(img))
+
+
+def test_compressed_depth_reads_as_the_plain_one(tmp_path):
+    import numpy as np
+    from core.data.io import depth_path, load_depth, save_depth
+    d = np.zeros((16, 16), np.float32)
+    d[4:12, 4:12] = 1.75
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = save_depth(tmp_path / "a", "000", d)
+    b = save_depth(tmp_path / "b", "000", d, compressed=True)
+    assert a.suffix == ".npy" and b.suffix == ".npz" and depth_path(tmp_path / "b", "000") == b
+    assert np.array_equal(load_depth(a), load_depth(b)) and load_depth(b).dtype == np.float32

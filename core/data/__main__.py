@@ -27,6 +27,7 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of view sampling (and of procedural objects)")
     p.add_argument("--workers", type=int, default=2, help="worker processes, one EGL context each")
     p.add_argument("--depth-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--compress-depth", action="store_true", help="write {i}_depth.npz (compressed) instead of .npy")
     p.add_argument("--no-mesh", action="store_true", help="do not write mesh.ply")
     p.add_argument("--lighting", choices=("fixed", "random"), default="fixed",
                    help="random: a photo-like light rig per object (direction, balance, exposure, colour "
@@ -44,7 +45,7 @@ def _settings(a):
     if a.views < 1 or a.size < 8:
         raise SystemExit("--views must be >= 1 and --size >= 8")
     return RenderSettings(a.size, a.views, a.fov, tuple(a.elevation_range), tuple(a.radius_range), a.seed,
-                          a.depth_dtype, not a.no_mesh, a.lighting)
+                          a.depth_dtype, not a.no_mesh, a.lighting, a.compress_depth)
 
 
 def _summary(summary: dict, what: str) -> int:

@@ -71,9 +71,13 @@ def check_view(obj: Path, vid: str, problems: list) -> tuple[int, int] | None:
         a_size = _image(a_path, problems)
         if a_size is not None and size is not None and a_size != size:
             problems.append((a_path, f"size {a_size[0]}x{a_size[1]} differs from the image's {size[0]}x{size[1]}"))
-    d_path = obj / f"{vid}_depth.npy"
-    if d_path.exists():
-        d = _array(d_path, problems)
+    d_path = io.depth_path(obj, vid)
+    if d_path is not None:
+        try:
+            d = io.load_depth(d_path)
+        except io.DataError as e:
+            problems.append((d_path, str(e)))
+            d = None
         if d is not None:
             if d.ndim != 2 or (size is not None and d.shape != (size[1], size[0])):
                 problems.append((d_path, f"shape {d.shape}, expected {(size[1], size[0]) if size else '(H, W)'}"))

@@ -56,6 +56,7 @@ class RenderSettings:
     depth_dtype: str = "float16"
     write_mesh: bool = True
     lighting: str = "fixed"   # "random": a photo-like rig per object (render.random_lighting), same for its views
+    compress_depth: bool = False  # {i}_depth.npz instead of .npy (~4x smaller)
 
 
 # ----------------------------------------------------------------------------- URDF models
@@ -332,7 +333,7 @@ def _run_job(args) -> dict:
             from core.data.render import Lighting
             lighting = Lighting()
         _RENDERER.set_lighting(lighting)
-        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh, meta)
+        write_object(_RENDERER, asset, folder, views, s.depth_dtype, s.write_mesh, meta, s.compress_depth)
     except Exception as e:  # one bad asset must not stop a batch: report it and go on
         shutil.rmtree(folder, ignore_errors=True)
         msg = str(e) if isinstance(e, MeshError) else f"{job.path or job.name}: {type(e).__name__}: {e}"

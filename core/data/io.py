@@ -2,7 +2,7 @@
 
 An object folder holds, per view ``i`` (three digits): ``{i}.png`` (RGB on white or
 RGBA), ``{i}.npy`` (3x4 world-to-camera), and optionally ``{i}e.npy`` (image
-embedding), ``{i}_alpha.png``, ``{i}_depth.npy``; plus optional ``meta.json`` and
+embedding), ``{i}_alpha.png``, ``{i}_depth.npy`` (or ``.npz``, compressed); plus optional ``meta.json`` and
 ``mesh.ply``. A dataset root holds ``train/`` and ``val/`` of such folders.
 """
 from __future__ import annotations
@@ -212,12 +212,9 @@ def read_view(obj: str | Path, vid: str, size: int | None = None, *, extras: boo
                         alpha = np.asarray(a, dtype=np.float32) / 255.0
             except (UnidentifiedImageError, OSError):
                 pass
-        d_path = obj / f"{vid}_depth.npy"
-        if d_path.is_file():
-            try:
-                depth = np.load(d_path, allow_pickle=False).astype(np.float32)
-            except (ValueError, OSError, EOFError) as e:
-                raise DataError(f"{d_path}: unreadable depth ({e})") from None
+        d_path = depth_path(obj, vid)
+        if d_path is not None:
+            depth = load_depth(d_path)
             if size and depth.shape != (size, size):
                 depth = _resize_depth(depth, size)
         e_path = obj / f"{vid}e.npy"
@@ -228,6 +225,34 @@ def read_view(obj: str | Path, vid: str, size: int | None = None, *, extras: boo
                 raise DataError(f"{e_path}: unreadable embedding ({e})") from None
     return View(image, load_pose(obj / f"{vid}.npy"), fov_deg if fov_deg is not None else object_fov(obj),
                 alpha, depth, emb)
+
+
+def depth_path(obj: Path, vid: str) -> Path | None:
+    """A view's depth map: ``{i}_depth.npy``, or ``{i}_depth.npz`` (the same array, compressed: the
+    background's zeros and float16 depths shrink ~4x, which a 256 px corpus needs)."""
+    for name in (f"{vid}_depth.npy", f"{vid}_depth.npz"):
+        if (Path(obj) / name).is_file():
+            return Path(obj) / name
+    return None
+
+
+def load_depth(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return z["depth"].astype(np.float32)
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: unreadable depth ({e})") from None
+
+
+def save_depth(folder: Path, vid: str, depth: np.ndarray, dtype: str = "float16", compressed: bool = False) -> Path:
+    path = Path(folder) / f"{vid}_depth.{'npz' if compressed else 'npy'}"
+    if compressed:
+        np.savez_compressed(path, depth=np.asarray(depth).astype(dtype))
+    else:
+        np.save(path, np.asarray(depth).astype(dtype))
+    return path
 
 
 def _resize_depth(depth: np.ndarray, size: int) -> np.ndarray:

@@ -433,7 +433,8 @@ def sample_views(n: int, rng: np.random.Generator, elevation_range=(-10.0, 45.0)
 
 
 def write_object(renderer: Renderer, asset: Asset, folder: str | Path, views: list[tuple[float, float, float]],
-                 depth_dtype: str = "float16", write_mesh: bool = True, extra_meta: dict | None = None) -> Path:
+                 depth_dtype: str = "float16", write_mesh: bool = True, extra_meta: dict | None = None,
+                 compress_depth: bool = False) -> Path:
     """Render ``views`` of ``asset`` into ``folder`` in the dataset format (DESIGN.md).
 
     ``meta.json`` is written last, so its presence marks a complete object (resumable builds)."""
@@ -446,7 +447,7 @@ def write_object(renderer: Renderer, asset: Asset, folder: str | Path, views: li
         res = renderer.render(w2c)
         vid = f"{i:03d}"
         io.write_view(folder, vid, res.image, w2c, alpha=res.alpha)
-        np.save(folder / f"{vid}_depth.npy", res.depth.astype(depth_dtype))
+        io.save_depth(folder, vid, res.depth, depth_dtype, compressed=compress_depth)
     renderer.release_asset()
     if write_mesh:
         asset.mesh.export(folder / "mesh.ply")
