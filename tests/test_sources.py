@@ -207,3 +207,18 @@ def test_zero_ad_mesh_takes_its_actors_texture_and_small_props_are_dropped(tmp_p
     assert parts[0].texture is not None and mesh.volume > 0                     # textured, faces wound outward
     with pytest.raises(MeshError, match="small decoration"):
         sources.load_zero_ad(cands["0ad-props-pebble"])
+
+
+def test_contact_sheet_has_a_row_per_source(tmp_path):
+    from core.data.__main__ import main as data_main
+    from core.data.io import write_meta
+    out = tmp_path / "c"
+    assert data_main(["procedural", "--out", str(out), "--objects", "3", "--views", "2", "--size", "32",
+                      "--workers", "1", "--quiet"]) == 0
+    obj = sorted(out.iterdir())[0]
+    write_meta(obj, {**__import__("json").loads((obj / "meta.json").read_text()), "kind": "source",
+                     "source": "ufoai-data"})
+    from core.data.sheet import contact_sheet
+    res = contact_sheet(out, tmp_path / "sheet.png", per_source=2, tile=32)
+    assert res["sources"] == {"procedural": 2, "ufoai-data": 1}
+    assert Image.open(tmp_path / "sheet.png").size == (150 + 2 * 32, 2 * (32 + 14))

@@ -5,6 +5,7 @@
   procedural --out DIR --objects N   seeded procedural objects, rendered
   corpus --out DIR [--procedural 1500 --sources NAME,... --unseen-sources NAME,...]   the training-corpus recipe
   sources [--check]                  the real mesh sources (Debian packages): installed, candidates, loadable
+  sheet DIR --out sheet.png          a labelled contact sheet of random objects per source
 """
 from __future__ import annotations
 
@@ -85,11 +86,20 @@ def main(argv=None) -> int:
     p.add_argument("--unseen-sources", default="", help="sources whose every object goes to val_unseen/ (none in train)")
     p.add_argument("--max-per-source", type=int, default=None, help="at most N objects from each source (a stable sample)")
     _render_args(p)
+    p = sub.add_parser("sheet", help="a contact sheet: random objects per source, labelled (PNG)")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-source", type=int, default=8)
+    p.add_argument("--split", default=None, help="train, val or val_unseen (default: all)")
     p = sub.add_parser("sources", help="the real mesh sources: package, installed, candidates (JSON)")
     p.add_argument("--check", action="store_true", help="also load every candidate and count what loads")
     p.add_argument("--limit", type=int, default=None, help="with --check: only the first N candidates of each source")
     a = ap.parse_args(argv)
 
+    if a.cmd == "sheet":
+        from core.data.sheet import contact_sheet
+        print(json.dumps(contact_sheet(a.dir, a.out, a.per_source, a.split)))
+        return 0
     if a.cmd == "sources":
         from core.data.sources import describe
         print(json.dumps(describe(a.check, a.limit), indent=2))
