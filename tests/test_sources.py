@@ -222,3 +222,17 @@ def test_contact_sheet_has_a_row_per_source(tmp_path):
     res = contact_sheet(out, tmp_path / "sheet.png", per_source=2, tile=32)
     assert res["sources"] == {"procedural": 2, "ufoai-data": 1}
     assert Image.open(tmp_path / "sheet.png").size == (150 + 2 * 32, 2 * (32 + 14))
+
+
+def test_the_same_geometry_counts_once(tmp_path):
+    from core.data.corpus import claim_geometry
+    a = make_asset(sources.parts_from_scene(tall_box()))
+    moved = tall_box()
+    moved.apply_scale(3.0)
+    moved.apply_translation((5, 0, 0))
+    b = make_asset(sources.parts_from_scene(moved))                 # same shape, other scale and place
+    claim_geometry(tmp_path, a, "sh3d-box")
+    claim_geometry(tmp_path, a, "sh3d-box")                          # a rerun of the same object is fine
+    with pytest.raises(MeshError, match="the same geometry as sh3d-box"):
+        claim_geometry(tmp_path, b, "other-catalogue-box")
+    claim_geometry(tmp_path, make_asset(sources.parts_from_scene(tall_box((0.4, 0.6, 0.9)))), "another")

@@ -312,6 +312,32 @@ def provenance(job: Job) -> dict:
     return meta
 
 
+def geometry_key(asset) -> str:
+    """A hash of the normalised geometry (vertices rounded to 1/1000 of the object, sorted): the same
+    mesh from two catalogues, whatever its texture, scale or position, has the same key."""
+    import hashlib
+    v = np.round(np.asarray(asset.mesh.vertices, np.float64) * 1000).astype(np.int64)
+    v = v[np.lexsort(v.T[::-1])]
+    return hashlib.sha1(v.tobytes() + np.int64(len(asset.mesh.faces)).tobytes()).hexdigest()[:20]
+
+
+def claim_geometry(out: Path, asset, name: str) -> None:
+    """Register ``asset``'s geometry under ``out/.geometry``; a MeshError naming the first owner when
+    another object already has it (atomic across worker processes: O_EXCL)."""
+    reg = out / ".geometry"
+    reg.mkdir(parents=True, exist_ok=True)
+    path = reg / geometry_key(asset)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = path.read_text().strip()
+        if owner and owner != name:
+            raise MeshError(f"{name}: the same geometry as {owner} (a duplicate)") from None
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(name)
+
+
 def _run_job(args) -> dict:
     job, out = args
     from core.data.render import sample_views, write_object
@@ -321,6 +347,8 @@ def _run_job(args) -> dict:
         return {"name": job.name, "split": job.split, "status": "existing", "seconds": 0.0}
     try:
         asset = _build_asset(job)
+        if job.kind == "source":   # the same model in two catalogues counts once
+            claim_geometry(Path(out), asset, job.name)
         s = _SETTINGS
         rng = np.random.default_rng([s.seed, zlib.crc32(job.name.encode())])
         views = sample_views(s.views, rng, s.elevation_range, s.radius_range)
