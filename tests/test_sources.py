@@ -236,3 +236,30 @@ def test_the_same_geometry_counts_once(tmp_path):
     with pytest.raises(MeshError, match="the same geometry as sh3d-box"):
         claim_geometry(tmp_path, b, "other-catalogue-box")
     claim_geometry(tmp_path, make_asset(sources.parts_from_scene(tall_box((0.4, 0.6, 0.9)))), "another")
+
+
+# ----------------------------------------------------------------------------- KiCad (VRML)
+
+WRL = """#VRML V2.0 utf8
+Shape { appearance Appearance {material DEF BODY Material { diffuseColor 0.1 0.3 0.8 } } }
+Shape { geometry IndexedFaceSet { creaseAngle 0.5 coordIndex [0,1,2,3,-1,4,5,6,-1]
+  coord Coordinate { point [0 0 0, 1 0 0, 1 1 0, 0 1 0, 0 0 1, 1 0 1, 0 1 1] } }
+  appearance Appearance{material USE BODY } }
+"""
+
+
+def test_kicad_wrl_subset_reads_polygons_and_colours(tmp_path):
+    (shape,) = sources.read_kicad_wrl(WRL)
+    pts, tris, rgb = shape
+    assert pts.shape == (7, 3) and tris.tolist() == [[0, 1, 2], [0, 2, 3], [4, 5, 6]] and rgb == (0.1, 0.3, 0.8)
+    with pytest.raises(MeshError, match="names point 9"):
+        sources.read_kicad_wrl(WRL.replace("4,5,6,-1", "4,5,9,-1"), "bad.wrl")
+
+
+def test_electronics_stay_under_a_fifth_of_the_corpus():
+    from core.data.corpus import Job, cap_electronics
+    jobs = [Job(f"p{i}", "procedural") for i in range(40)] + [Job(f"k{i}", "source", source="kicad-packages3d")
+                                                             for i in range(100)]
+    kept = cap_electronics(jobs, log=lambda *a: None)
+    n = sum(j.source == "kicad-packages3d" for j in kept)
+    assert n == 10 and n / len(kept) <= 0.2

@@ -243,6 +243,19 @@ def assign_splits(jobs: list[Job], val_fraction: float, seed: int = 0,
     return jobs
 
 
+def cap_electronics(jobs: list[Job], seed: int = 0, log=print) -> list[Job]:
+    """Keep KiCad's electronic parts under ``sources.KICAD_SHARE`` of the corpus (a stable sample)."""
+    from core.data.sources import KICAD_SHARE
+    kicad = [j for j in jobs if j.source == "kicad-packages3d"]
+    others = len(jobs) - len(kicad)
+    keep = int(KICAD_SHARE * others / (1 - KICAD_SHARE))
+    if len(kicad) <= keep:
+        return jobs
+    log(f"kicad-packages3d: {keep} of {len(kicad)} parts kept (electronics under {KICAD_SHARE:.0%} of the corpus)")
+    kept = {j.name for j in sorted(kicad, key=lambda j: zlib.crc32(f"sample:{seed}:{j.name}".encode()))[:keep]}
+    return [j for j in jobs if j.source != "kicad-packages3d" or j.name in kept]
+
+
 def source_jobs(names: list[str], max_per_source: int | None = None, seed: int = 0, log=print) -> list[Job]:
     """Jobs for the candidates of ``core.data.sources`` sources (a stable sample of at most
     ``max_per_source`` each); a source whose package is missing is one line naming it."""
@@ -422,6 +435,7 @@ def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
     pb = pybullet_jobs() if pybullet else []
     jobs += pb[:limit_pybullet] if limit_pybullet is not None else pb
     jobs += source_jobs(list(dict.fromkeys(list(sources) + list(unseen_sources))), max_per_source, seed, log)
+    jobs = cap_electronics(jobs, seed, log)
     assign_splits(jobs, val_fraction, seed, tuple(unseen_sources))
     log(f"corpus: {len(jobs)} objects ({procedural} procedural, {len(pb)} pybullet, "
         f"{sum(j.kind == 'source' for j in jobs)} from {', '.join(dict.fromkeys(j.source for j in jobs if j.source))}) "

@@ -11,8 +11,9 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | redeclipse-data | redeclipse-data | OBJ props, Y up, skin from ``obj.cfg`` (``objskin``) or the folder's ``diffuse.png`` |
 | ufoai-data | ufoai-data | MD2 (``core.data.md2``) inside ``base/0models.pk3``, Z up, skins named in the file |
 | 0ad-data | 0ad-data | PMD (``core.data.pmd``) inside ``mods/public/public.zip``, Y up, DDS skins from ``art/actors/**.xml`` |
+| kicad-packages3d | kicad-packages3d | VRML 2 (``read_kicad_wrl``: its IndexedFaceSet subset), Z up, per-part material colours |
 
-Still to come (the corpus v2 issue): minetest-mod-homedecor, kicad-packages3d (VRML).
+Still to come (the corpus v2 issue): minetest-mod-homedecor.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ SH3D_ROOT = Path("/usr/share/sweethome3d/furniture")
 REDECLIPSE_ROOT = Path("/usr/share/games/redeclipse/data")
 UFOAI_PK3 = Path("/usr/share/games/ufoai/base/0models.pk3")
 ZERO_AD_ZIP = Path("/usr/share/games/0ad/mods/public/public.zip")
+KICAD_ROOT = Path("/usr/share/kicad/3dmodels")
+KICAD_SHARE = 0.2    # electronic parts stay under this share of a corpus (core.data.corpus caps them)
 MIN_FACES = 20
 
 
@@ -331,6 +334,82 @@ def load_zero_ad(c: Candidate) -> list[Part]:
     return parts_from_scene(mesh, UP_TRANSFORMS["y"])
 
 
+# ----------------------------------------------------------------------------- KiCad (VRML)
+
+_WRL_DEF = re.compile(r"DEF\s+(\S+)\s+Material\s*\{([^}]*)\}")
+_WRL_COLOR = re.compile(r"diffuseColor\s+([-\d.eE+]+)\s+([-\d.eE+]+)\s+([-\d.eE+]+)")
+_WRL_SHAPE = re.compile(r"Shape\s*\{")
+MAX_WRL_BYTES = 64 << 20
+
+
+def _numbers(text: str, what: str, name: str) -> np.ndarray:
+    a = np.array(text.replace(",", " ").split(), dtype=np.float64) if text.strip() else np.zeros(0)
+    if not np.all(np.isfinite(a)):
+        raise MeshError(f"{name}: non-finite {what}")
+    return a
+
+
+def read_kicad_wrl(text: str, name: str = "wrl") -> list[tuple[np.ndarray, np.ndarray, tuple]]:
+    """The subset of VRML 2 that KiCad's exporters write: ``Shape`` nodes of an ``IndexedFaceSet``
+    (``coordIndex`` polygons ended by -1, ``Coordinate { point [...] }``) and a ``Material``
+    (``DEF``, or ``USE`` of an earlier one) whose ``diffuseColor`` colours it. Returns
+    (vertices [V,3], triangles [F,3], rgb) per shape; polygons are fanned into triangles."""
+    colors = {m.group(1): tuple(float(x) for x in _WRL_COLOR.search(m.group(2)).groups())
+              for m in _WRL_DEF.finditer(text) if _WRL_COLOR.search(m.group(2))}
+    starts = [m.start() for m in _WRL_SHAPE.finditer(text)] + [len(text)]
+    out = []
+    for a, b in zip(starts, starts[1:]):
+        block = text[a:b]
+        ci, pt = block.find("coordIndex"), block.find("point")
+        if ci < 0 or pt < 0:
+            continue
+        idx = _numbers(block[block.index("[", ci) + 1:block.index("]", ci)], "indices", name).astype(np.int64)
+        pts = _numbers(block[block.index("[", pt) + 1:block.index("]", pt)], "points", name)
+        if len(pts) % 3:
+            raise MeshError(f"{name}: {len(pts)} point numbers, not a multiple of 3")
+        pts = pts.reshape(-1, 3)
+        use = re.search(r"material\s+(?:USE|DEF)\s+(\S+)", block)
+        color = colors.get(use.group(1), (0.7, 0.7, 0.7)) if use else (0.7, 0.7, 0.7)
+        tris, poly = [], []
+        for i in idx.tolist() + [-1]:
+            if i >= 0:
+                if i >= len(pts):
+                    raise MeshError(f"{name}: a face names point {i} of {len(pts)}")
+                poly.append(i)
+            else:
+                tris += [(poly[0], poly[k], poly[k + 1]) for k in range(1, len(poly) - 1)]
+                poly = []
+        if tris:
+            out.append((pts, np.asarray(tris, np.int64), color))
+    return out
+
+
+def list_kicad(root: Path = KICAD_ROOT) -> list[Candidate]:
+    return [Candidate("kicad-packages3d", f"kicad-{_slug(p.parent.name.removesuffix('.3dshapes'))}-{_slug(p.stem)}",
+                      str(p), licence="CC-BY-SA-4.0 with the KiCad libraries exception", category=p.parent.name
+                      .removesuffix(".3dshapes")) for p in sorted(root.glob("*.3dshapes/*.wrl"))]
+
+
+def load_kicad(c: Candidate) -> list[Part]:
+    import trimesh
+    path = Path(c.path)
+    if path.stat().st_size > MAX_WRL_BYTES:
+        raise MeshError(f"{path}: {path.stat().st_size} bytes, larger than any part needs")
+    try:
+        shapes = read_kicad_wrl(path.read_text(errors="replace"), str(path))
+    except (ValueError, IndexError) as e:
+        raise MeshError(f"{path}: not the VRML subset KiCad writes ({e})") from None
+    parts = []
+    for pts, tris, rgb in shapes:
+        mesh = trimesh.Trimesh(pts, tris, process=False)
+        rgba = np.clip(np.array([*rgb, 1.0]) * 255, 0, 255).astype(np.uint8)
+        mesh.visual = trimesh.visual.ColorVisuals(mesh, face_colors=np.tile(rgba, (len(tris), 1)))
+        parts += parts_from_scene(mesh)
+    if not parts:
+        raise MeshError(f"{path}: no faces")
+    return parts
+
+
 # ----------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -340,6 +419,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            "CC-BY-SA-3.0"),
     Source("ufoai-data", "ufoai-data", True, UFOAI_PK3, list_ufoai, load_ufoai, "GPL-2+ / CC-BY(-SA) 3.0 / PD"),
     Source("0ad-data", "0ad-data", True, ZERO_AD_ZIP, list_zero_ad, load_zero_ad, "CC-BY-SA-3.0"),
+    Source("kicad-packages3d", "kicad-packages3d", True, KICAD_ROOT, list_kicad, load_kicad,
+           "CC-BY-SA-4.0 + exception"),
 )}
 
 
