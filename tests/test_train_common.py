@@ -123,13 +123,19 @@ def test_sigterm_asks_for_a_clean_stop():
 
 
 @pytest.mark.parametrize("model", ["recon", "nvs"])
-def test_bench_train_times_both_precisions_and_says_what_auto_picks(model):
+def test_bench_train_times_both_precisions_and_says_what_auto_picks(model, tmp_path):
     from core.bench.train import bench_size
     if model == "recon":
         from test_recon import TINY as cfg
     else:
         cfg = dict(depth=1, width=32, num_heads=2, vocab_size=64, latent_dim=8, patch_nums=(1, 2, 4), resolution=32,
                    embed_dim=16, cnn_width=8, cnn_resolution=16)
-    res = bench_size(model, dict(cfg), 2, 1, torch.device("cpu"), compile_=False)
+    data = None
+    if model == "recon":
+        from core.recon.toydata import write_dataset
+        data = write_dataset(tmp_path / "toy", n_train=2, n_val=1, size=32, n_views=4)
+    res = bench_size(model, dict(cfg), 2, 1, torch.device("cpu"), compile_=False, data=data)
     assert res["fp32"]["step_s"] > 0 and res["bf16"]["samples_per_s"] > 0 and res["bf16_speedup"] > 0
     assert res["auto_picks"]["choice"] in ("fp32", "bf16") and res["auto_picks"]["measured"]
+    if model == "recon":
+        assert 0 < res["data"]["data_wait_fraction"] < 1 and res["data"]["objects"] == 2

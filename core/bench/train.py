@@ -118,7 +118,22 @@ def time_steps(step, prec: str, steps: int) -> float:
     return median_seconds(lambda: step(prec), steps, warmup=2)
 
 
-def bench_size(model: str, cfg: dict, batch: int, steps: int, device, compile_: bool) -> dict:
+def data_wait(model: str, m, data, batch: int, steps: int) -> dict:
+    """Seconds to make one batch from ``data`` (a corpus or ``core.data shards``) as the trainer does,
+    for the data-wait fraction (batch time over batch + step time). The reconstruction trainer only: the
+    tokenizer indexes a uint8 tensor in memory and the NVS trainer a token cache."""
+    import numpy as np
+    from core.train.common import median_seconds
+    if model != "recon":
+        return {"note": "only the reconstruction trainer builds batches from images per step"}
+    from core.train.recon import ViewCache, make_batch
+    cache = ViewCache(data, m.config.image_size, "train", log=lambda *a: None)
+    rng = np.random.default_rng(0)
+    return {"batch_s": round(median_seconds(lambda: make_batch(cache, rng, batch, 1, 2, 256), steps), 4),
+            "objects": len(cache.objects), "data": str(data)}
+
+
+def bench_size(model: str, cfg: dict, batch: int, steps: int, device, compile_: bool, data=None) -> dict:
     from core.train.common import measure_precision
     m, opt, step, loss = build(model, cfg, batch, device)
     res = {"config": cfg, "params_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2), "batch": batch}
@@ -142,6 +157,12 @@ def bench_size(model: str, cfg: dict, batch: int, steps: int, device, compile_: 
         opt.zero_grad(set_to_none=True)
         loss(prec).backward()
     res["auto_picks"] = measure_precision(probe, device)
+    if data is not None:
+        w = data_wait(model, m, data, batch, steps)
+        if "batch_s" in w:
+            best = min(res["fp32"]["step_s"], res["bf16"]["step_s"])
+            w["data_wait_fraction"] = round(w["batch_s"] / (w["batch_s"] + best), 3)
+        res["data"] = w
     return res
 
 
@@ -154,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="per-step batch (default: the trainer's)")
     ap.add_argument("--sizes", default="shipped,v2", help="which sizes: shipped, v2 or both")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fp32 step")
+    ap.add_argument("--data", default=None, help="a corpus or core.data shards: also time making the batches "
+                    "(data-wait fraction; reconstruction only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
@@ -166,7 +189,7 @@ def main(argv=None) -> int:
     res = {"model": a.model, "machine": machine(), "threads": a.threads, "device": str(device),
            "command": "python -m core.bench train " + " ".join(sys.argv[1:] if argv is None else argv)}
     for name in a.sizes.split(","):
-        res[name] = bench_size(a.model, sizes[name], a.batch or BATCH[a.model], a.steps, device, a.compile)
+        res[name] = bench_size(a.model, sizes[name], a.batch or BATCH[a.model], a.steps, device, a.compile, a.data)
     emit_json(res, a.out)
     return 0
 

@@ -6,6 +6,7 @@
   corpus --out DIR [--procedural 1500 --sources NAME,... --unseen-sources NAME,...]   the training-corpus recipe
   sources [--check]                  the real mesh sources (Debian packages): installed, candidates, loadable
   sheet DIR --out sheet.png          a labelled contact sheet of random objects per source
+  shards DIR --out SHARDS --size 64  the corpus decoded once into memory-mapped arrays (core.train recon --data SHARDS)
 """
 from __future__ import annotations
 
@@ -86,6 +87,12 @@ def main(argv=None) -> int:
     p.add_argument("--unseen-sources", default="", help="sources whose every object goes to val_unseen/ (none in train)")
     p.add_argument("--max-per-source", type=int, default=None, help="at most N objects from each source (a stable sample)")
     _render_args(p)
+    p = sub.add_parser("shards", help="decode a corpus once into memory-mapped training arrays")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--split", action="append")
+    p.add_argument("--views", type=int, default=None)
     p = sub.add_parser("sheet", help="a contact sheet: random objects per source, labelled (PNG)")
     p.add_argument("dir")
     p.add_argument("--out", required=True)
@@ -96,6 +103,10 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="with --check: only the first N candidates of each source")
     a = ap.parse_args(argv)
 
+    if a.cmd == "shards":
+        from core.data.shards import main as shards_main
+        return shards_main([a.dir, "--out", a.out, "--size", str(a.size)] + sum((["--split", x] for x in a.split or []), [])
+                           + (["--views", str(a.views)] if a.views else []))
     if a.cmd == "sheet":
         from core.data.sheet import contact_sheet
         print(json.dumps(contact_sheet(a.dir, a.out, a.per_source, a.split)))

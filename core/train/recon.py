@@ -42,9 +42,32 @@ class ViewCache:
         self.root, self.size, self.split, self.max_objects, self.log = root, size, split, max_objects, log
         self.growing = growing
         self.objects, self._seen = [], set()
-        self.refresh()
+        from core.data.shards import is_shards
+        if is_shards(root):
+            self._from_shards()
+        else:
+            self.refresh()
         if not self.objects:
             raise SystemExit(f"{root}: no usable objects (split={split})")
+
+    def _from_shards(self) -> None:
+        """Objects as views into memory-mapped shards (``core.data.shards``): nothing decoded, nothing
+        copied until a batch reads it."""
+        from core.data.shards import open_shards
+        try:
+            index, arr = open_shards(self.root, self.split)
+        except Exception as e:  # a missing split is "no objects", like an empty folder
+            self.log(f"shards: {e}")
+            return
+        if index["size"] != self.size:
+            raise SystemExit(f"{self.root}: shards are {index['size']} px, the model takes {self.size}; "
+                             f"rebuild with python -m core.data shards --size {self.size}")
+        n = len(index["names"]) if self.max_objects is None else min(self.max_objects, len(index["names"]))
+        for i in range(n):
+            self.objects.append({"name": index["names"][i], "rgb": arr["rgb"][i], "alpha": arr["alpha"][i],
+                                 "depth": arr["depth"][i] if "depth" in arr else None, "w2c": arr["w2c"][i],
+                                 "fov": float(arr["fov"][i])})
+        self.log(f"mapped {len(self.objects)} objects from shards {self.root} ({self.split})")
 
     def refresh(self) -> int:
         try:
