@@ -273,9 +273,11 @@ def test_random_lighting_changes_shading_not_coverage_and_is_recorded(tmp_path, 
         renderer.set_lighting(rig)
         outs.append(renderer.render(w2c))
     renderer.set_lighting(Lighting())
-    assert all(np.array_equal(o.alpha, a.alpha) for o in outs)
     on = a.alpha == 255
-    assert all(np.abs(np.asarray(o.image, float)[on] - np.asarray(a.image, float)[on]).mean() > 2.0 for o in outs)
+    coverage = [float((o.alpha != a.alpha).mean()) for o in outs]
+    shading = [float(np.abs(np.asarray(o.image, float)[on] - np.asarray(a.image, float)[on]).mean()) for o in outs]
+    assert on.sum() > 100 and max(coverage) < 0.01, coverage      # the silhouette does not move
+    assert min(shading) > 2.0, shading                              # the shading does
     assert len({json.dumps(r.to_dict()) for r in rigs}) == 3
     rc = data_main(["procedural", "--out", str(tmp_path / "p"), "--objects", "1", "--views", "2", "--size", "32",
                     "--lighting", "random", "--workers", "1", "--quiet"])

@@ -354,6 +354,7 @@ class Renderer:
         self._objects: list = []
 
     def set_lighting(self, lighting: Lighting) -> None:
+        self.ctx.__enter__()  # current on this thread: another Renderer may have been made since (see render)
         dirs = [np.asarray(d, np.float64) / np.linalg.norm(d) for d in lighting.directions]
         self.prog["light_dir"].value = [tuple(d.tolist()) for d in dirs]
         self.prog["light_k"].value = [float(k) for k in lighting.intensities]
@@ -361,6 +362,7 @@ class Renderer:
         self.prog["light_tint"].value = tuple(float(t) for t in lighting.tint)
 
     def set_asset(self, asset: Asset | list[Part]) -> None:
+        self.ctx.__enter__()
         self.release_asset()
         parts = asset.parts if isinstance(asset, Asset) else asset
         for p in parts:
@@ -387,6 +389,9 @@ class Renderer:
         self._objects = []
 
     def render(self, w2c: np.ndarray) -> RenderResult:
+        # GL calls go to the thread's current context: with two Renderers in one process (the app's orbit
+        # and a data job, two test fixtures) the one made last would silently receive this one's draws
+        self.ctx.__enter__()
         w2c = np.asarray(w2c, dtype=np.float64)
         dist = float(np.linalg.norm(cameras.camera_center(w2c)))
         near, far = max(0.01, dist - 2.0) * 0.5, dist + 2.0  # objects fit in the unit cube
