@@ -258,8 +258,7 @@ def test_kicad_wrl_subset_reads_polygons_and_colours(tmp_path):
 
 def test_electronics_stay_under_a_fifth_of_the_corpus():
     from core.data.corpus import Job, cap_electronics
-    jobs = [Job(f"p{i}", "procedural") for i in range(40)] + [Job(f"k{i}", "source", source="kicad-packages3d")
-                                                             for i in range(100)]
-    kept = cap_electronics(jobs, log=lambda *a: None)
-    n = sum(j.source == "kicad-packages3d" for j in kept)
-    assert n == 10 and n / len(kept) <= 0.2
+    kicad = [Job(f"k{i}", "source", source="kicad-packages3d") for i in range(100)]
+    kept = cap_electronics(kicad, 40, log=lambda *a: None)        # 40 other objects rendered
+    assert len(kept) == 10 and len(kept) / (40 + len(kept)) <= 0.2
+    assert kept == cap_electronics(kicad, 40, log=lambda *a: None) and cap_electronics(kicad[:5], 40) == kicad[:5]

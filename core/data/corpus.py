@@ -243,17 +243,15 @@ def assign_splits(jobs: list[Job], val_fraction: float, seed: int = 0,
     return jobs
 
 
-def cap_electronics(jobs: list[Job], seed: int = 0, log=print) -> list[Job]:
-    """Keep KiCad's electronic parts under ``sources.KICAD_SHARE`` of the corpus (a stable sample)."""
+def cap_electronics(kicad: list[Job], others: int, seed: int = 0, log=print) -> list[Job]:
+    """The KiCad jobs to render so electronic parts stay under ``sources.KICAD_SHARE`` of a corpus whose
+    other objects number ``others`` (counted once they are rendered: failures must not inflate the share)."""
     from core.data.sources import KICAD_SHARE
-    kicad = [j for j in jobs if j.source == "kicad-packages3d"]
-    others = len(jobs) - len(kicad)
     keep = int(KICAD_SHARE * others / (1 - KICAD_SHARE))
     if len(kicad) <= keep:
-        return jobs
+        return kicad
     log(f"kicad-packages3d: {keep} of {len(kicad)} parts kept (electronics under {KICAD_SHARE:.0%} of the corpus)")
-    kept = {j.name for j in sorted(kicad, key=lambda j: zlib.crc32(f"sample:{seed}:{j.name}".encode()))[:keep]}
-    return [j for j in jobs if j.source != "kicad-packages3d" or j.name in kept]
+    return sorted(kicad, key=lambda j: zlib.crc32(f"sample:{seed}:{j.name}".encode()))[:keep]
 
 
 def source_jobs(names: list[str], max_per_source: int | None = None, seed: int = 0, log=print) -> list[Job]:
@@ -435,12 +433,21 @@ def build_corpus(out: str | Path, procedural: int = 1500, pybullet: bool = True,
     pb = pybullet_jobs() if pybullet else []
     jobs += pb[:limit_pybullet] if limit_pybullet is not None else pb
     jobs += source_jobs(list(dict.fromkeys(list(sources) + list(unseen_sources))), max_per_source, seed, log)
-    jobs = cap_electronics(jobs, seed, log)
     assign_splits(jobs, val_fraction, seed, tuple(unseen_sources))
     log(f"corpus: {len(jobs)} objects ({procedural} procedural, {len(pb)} pybullet, "
         f"{sum(j.kind == 'source' for j in jobs)} from {', '.join(dict.fromkeys(j.source for j in jobs if j.source))}) "
         f"-> {out}, {workers} workers")
+    kicad = [j for j in jobs if j.source == "kicad-packages3d"]
+    jobs = [j for j in jobs if j.source != "kicad-packages3d"]
     summary = run_jobs(jobs, out, settings, workers, log=log)
+    if kicad:  # electronics last, capped by what the rest of the corpus turned out to be
+        rendered = summary["counts"]["ok"] + summary["counts"]["existing"]
+        kicad = cap_electronics(kicad, rendered, seed, log)
+        more = run_jobs(kicad, out, settings, workers, log=log)
+        jobs += kicad
+        summary = {"results": summary["results"] + more["results"], "errors": summary["errors"] + more["errors"],
+                   "seconds": summary["seconds"] + more["seconds"],
+                   "counts": {k: summary["counts"][k] + more["counts"][k] for k in summary["counts"]}}
     ok = [r for r in summary["results"] if r["status"] in ("ok", "existing")]
     kind = {j.name: j.source or ("procedural" if j.kind == "procedural" else "pybullet") for j in jobs}
     source = {r["name"]: kind[r["name"]] for r in ok}
