@@ -143,12 +143,8 @@ VIEW_RANGES: dict[str, tuple[float, float]] = {
 
 def check_view_knob(name: str, value, error: type[ValueError] = CameraError, label: str | None = None) -> float:
     """``value`` as a float when it lies in ``VIEW_RANGES[name]``, else ``error`` saying the range."""
-    lo, hi = VIEW_RANGES[name]
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
-        and math.isfinite(value) and lo <= value <= hi
-    if not ok:
-        raise error(f"{label or name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
+    from core.ranges import checked
+    return checked(label or name, value, *VIEW_RANGES[name], error=error)
 
 
 def check_fov(fov_deg, name: str = "fov_deg", error: type[ValueError] = CameraError) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from core import cameras
 from core.cli import device_arg, report_input_errors
 from core.nvs.sampling import SamplingParams
+from core.ranges import MESH_RESOLUTION_RANGE, checked
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -138,8 +139,7 @@ def cmd_lift(a) -> dict:
     recon = ReconPipeline.from_pretrained(Path(a.checkpoints) / "recon", device=a.device)
     if not 0 <= a.with_views < recon.config.max_views:
         raise PhotoArgumentError(f"--with-views must be in 0..{recon.config.max_views - 1}, got {a.with_views}")
-    if not 32 <= a.mesh_resolution <= 512:
-        raise PhotoArgumentError(f"--mesh-resolution must be in 32..512, got {a.mesh_resolution}")
+    checked("--mesh-resolution", a.mesh_resolution, *MESH_RESOLUTION_RANGE, integer=True, error=PhotoArgumentError)
     in_el, in_r = input_camera(a)
     src_w2c = cameras.pose_from_spherical(0.0, in_el, in_r)
     t0 = time.perf_counter()

@@ -114,6 +114,13 @@ def _to_rgb_or_rgba(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
+def check_aspect(w: int, h: int) -> None:
+    """Refuse a strip: its square canvas would be its long side squared, and it is no photo of an object."""
+    if max(w, h) / max(min(w, h), 1) > MAX_ASPECT:
+        raise ImageInputError(f"the image is {w}x{h} pixels, {max(w, h) / max(min(w, h), 1):.0f} times longer "
+                              f"than wide; a photo of an object is at most {MAX_ASPECT:g}:1")
+
+
 def load_input_image(src: Any) -> Image.Image:
     """Open a user image safely -> PIL RGB or RGBA (decoded, EXIF-upright, first frame).
 
@@ -127,9 +134,7 @@ def load_input_image(src: Any) -> Image.Image:
         raise ImageInputError("the image is empty (0 pixels)")
     if w * h > MAX_PIXELS:
         raise ImageInputError(_too_large(w, h))
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        raise ImageInputError(f"the image is {w}x{h} pixels, {max(w, h) / min(w, h):.0f} times longer than wide; "
-                              f"a photo of an object is at most {MAX_ASPECT:g}:1")
+    check_aspect(w, h)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -212,11 +217,8 @@ def finite_clamped(name: str, value, lo: float, hi: float, error: type[ValueErro
 
 def check_foreground_ratio(value) -> float:
     """The foreground ratio by its one rule (``FOREGROUND_RANGE``), for the app and the CLI alike."""
-    lo, hi = FOREGROUND_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(value) and lo <= value <= hi):
-        raise ImageInputError(f"foreground ratio must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
+    from core.ranges import checked
+    return checked("foreground ratio", value, *FOREGROUND_RANGE, error=ImageInputError)
 
 
 def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float = 0.85,
@@ -232,8 +234,7 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
     if not isinstance(img, Image.Image) or img.mode not in ("RGB", "RGBA"):
         img = load_input_image(img)
     W, H = img.size
-    if max(W, H) / max(min(W, H), 1) > MAX_ASPECT:  # an image that did not come through load_input_image
-        raise ImageInputError(f"the image is {W}x{H} pixels; a photo of an object is at most {MAX_ASPECT:g}:1")
+    check_aspect(W, H)  # an image handed in directly has not been through load_input_image
     work = min(1.0, WORK_SIDE / max(W, H))  # every array below is at most WORK_SIDE on a side
     if work < 1.0:
         img = img.resize((max(1, round(W * work)), max(1, round(H * work))), Image.Resampling.BOX)

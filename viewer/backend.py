@@ -30,6 +30,7 @@ from PIL import Image
 
 from core import cameras
 from core.nvs.sampling import SamplingError, SamplingParams
+from core.ranges import MESH_RESOLUTION_RANGE, checked
 from core.preprocess import (ImageInputError, PreprocessResult, check_foreground_ratio, finite_clamped, load_input_image,
                              preprocess)
 
@@ -103,9 +104,7 @@ def view_knob(name: str, value, label: str | None = None) -> float:
 
 def check_strip_count(n) -> int:
     """Views in one strip: an integer in [2, MAX_STRIP_VIEWS] (the slider's range), else a UserError."""
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not (2 <= n <= MAX_STRIP_VIEWS and n == int(n)):
-        raise UserError(f"number of views must be an integer in [2, {MAX_STRIP_VIEWS}], got {n!r}")
-    return int(n)
+    return checked("number of views", n, 2, MAX_STRIP_VIEWS, integer=True, error=UserError)
 
 
 def spread(items: list, n: int) -> list:
@@ -474,9 +473,8 @@ class Backend:
         pipe = self.require("recon")
         if session.source is None:
             raise UserError("drop an image first")
-        if isinstance(mesh_resolution, bool) or not isinstance(mesh_resolution, (int, float)) \
-                or not (32 <= mesh_resolution <= 512 and mesh_resolution == int(mesh_resolution)):
-            raise UserError(f"mesh resolution must be an integer in [32, 512], got {mesh_resolution!r}")
+        mesh_resolution = checked("mesh resolution", mesh_resolution, *MESH_RESOLUTION_RANGE, integer=True,
+                                  error=UserError)
         say = progress or (lambda f, m: None)
         images, cams = [session.source.image], [session.source_w2c]
         note = ""

@@ -17,6 +17,7 @@ Still to come (the corpus v2 issue): minetest-mod-homedecor.
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import shutil
@@ -424,6 +425,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
 )}
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(package: str) -> str | None:
     """The installed Debian package's version (``dpkg-query``), for provenance; None elsewhere."""
     import subprocess

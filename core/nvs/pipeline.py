@@ -79,7 +79,7 @@ class SampleBatch:
     cond: torch.Tensor                    # [rows, C] AdaLN condition
     uncond: torch.Tensor | None           # [rows, C] null condition (guided), else None
     seeds: list[int]                      # one per row
-    cameras: int
+    n_cameras: int
     samples: int
     src_idx: torch.Tensor | None = None   # [rows, L] source tokens for a copy-gate model
     zoom: DistanceZoomPlan | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from core.nvs.model import KV, KVCache, NVSTransformer
+from core.ranges import checked
 
 
 class SamplingError(ValueError):
@@ -50,13 +50,7 @@ KNOBS: dict[str, Knob] = {
 def check_knob(name: str, value: Any):
     """``value`` as knob ``name``'s type, or a SamplingError saying the knob's range."""
     k = KNOBS[name]
-    what = f"an integer in [{k.lo}, {k.hi}]" if k.integer else f"a number in [{k.lo:g}, {k.hi:g}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)):
-        raise SamplingError(f"{name} must be {what}, got {value!r}")
-    if (k.integer and float(value) != int(value)) or not k.lo <= value <= k.hi:
-        raise SamplingError(f"{name} must be {what}, got {value!r}")
-    return int(value) if k.integer else float(value)
+    return checked(name, value, k.lo, k.hi, k.integer, SamplingError)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -97,6 +98,7 @@ class Runtime:
     precision: str          # "auto" until the trainer calls ``choose_precision``, then "fp32" or "bf16"
     resuming: bool          # --resume and OUT/ckpt-latest holds a run
     dist: Distributed       # this process's place in a torchrun job (rank 0 of 1 without one)
+    measured: dict = field(default_factory=dict)   # what choose_precision timed (empty when not measured)
 
     def choose_precision(self, probe: Callable[[str], None] | None = None, resumed: str | None = None) -> str:
         """Settle ``--precision auto``: a resumed run keeps its recorded choice; otherwise
@@ -208,17 +210,12 @@ class StopSignal:
 
     def __init__(self):
         self.requested = False
-        if hasattr(signal, "SIGTERM") and threading_is_main():
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._set)
 
     def _set(self, *_):
         self.requested = True
-
-
-def threading_is_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 # ----------------------------------------------------------------------------- optimizer state

@@ -309,9 +309,9 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
     precision = rt.choose_precision(probe, resumed=state.get("precision"))
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, precision {precision} "
-          f"{getattr(rt, 'measured', '')}, processes {dist.world}, config {json.dumps(cfg.to_dict())}", flush=True)
+          f"{rt.measured or ''}, processes {dist.world}, config {json.dumps(cfg.to_dict())}", flush=True)
     state.update(precision=precision, args=vars(a))
-    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
+    run.open_segment(state, precision, dist.world, {"precision_measured": rt.measured or None})
 
     tok_stamp = _stamp(a.tokenizer)
     clock, stop = Clock(state["wall_s"], a.time_limit), StopSignal()

@@ -268,9 +268,9 @@ def main(argv=None) -> int:
     precision = rt.choose_precision(probe, resumed=state.get("precision"))
     print(f"model {model.num_parameters() / 1e6:.2f}M params, planes 3x{cfg.plane_channels}x{cfg.plane_res}^2, "
           f"default camera el {cfg.default_elevation_deg:.1f} r {cfg.default_radius:.2f}, precision {precision} "
-          f"{getattr(rt, 'measured', '')}, processes {dist.world}", flush=True)
+          f"{rt.measured or ''}, processes {dist.world}", flush=True)
     state.update(precision=precision, args=vars(args))
-    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
+    run.open_segment(state, precision, dist.world, {"precision_measured": rt.measured or None})
 
     rng = np.random.default_rng(args.seed + state["step"])
     clock, stop = Clock(state["wall_s"], args.time_limit), StopSignal()

@@ -250,10 +250,10 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
     precision = rt.choose_precision(probe, resumed=state.get("precision"))
     print(f"parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, precision {precision} "
-          f"{getattr(rt, 'measured', '')}, threads {a.threads}, processes {dist.world}", flush=True)
+          f"{rt.measured or ''}, threads {a.threads}, processes {dist.world}", flush=True)
 
     state.update(train=a.train, precision=precision, args=vars(a))
-    run.open_segment(state, precision, dist.world, {"precision_measured": getattr(rt, "measured", None)})
+    run.open_segment(state, precision, dist.world, {"precision_measured": rt.measured or None})
     mon = CodebookMonitor(cfg.vocab_size, a.restart_window)
     clock, t_ckpt = Clock(state["wall_s"], a.time_limit), time.time()
 
