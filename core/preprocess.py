@@ -30,6 +30,7 @@ MAX_ASPECT = 20.0                # longest over shortest side; a 40000x1 strip i
 WORK_SIDE = 2048                 # preprocessing works at most at this longest side: memory and time stay bounded
 MIN_FOREGROUND = 0.002           # a cut-out smaller than this fraction is "nothing found"
 FOREGROUND_RANGE = (0.3, 1.0)    # object side over square side: the one rule for the app and the CLI
+CUT_OFF_NOTE = "the object touches the image border, so part of it is cut off: the 3-D shape there is a guess"
 
 
 class ImageInputError(ValueError):
@@ -264,6 +265,8 @@ def preprocess(img: Any, remove_background: bool = True, foreground_ratio: float
     ys, xs = np.nonzero(alpha > 0.5)
     if len(xs) == 0:
         raise ImageInputError("no object found in the image")
+    if removed and (_border(alpha[..., None])[:, 0] > 0.5).any():  # a cut-out that reaches the frame's edge
+        note = "; ".join(filter(None, [note, CUT_OFF_NOTE]))
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
     crop_rgb = rgb[y0:y1, x0:x1]
     crop_a = alpha[y0:y1, x0:x1, None]

@@ -222,6 +222,20 @@ def test_alpha_used_and_transparent_image_refused():
         preprocess(load_input_image(png_bytes(Image.new("RGBA", (30, 30), (255, 0, 0, 0)))))
 
 
+def test_an_object_cut_by_the_frame_is_used_with_a_note():
+    rgba = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).rectangle((10, 5, 29, 34), fill=(0, 0, 255, 255))
+    assert preprocess(rgba, size=64).note == ""                       # inside the frame: no note
+    ImageDraw.Draw(rgba).rectangle((30, 20, 49, 30), fill=(0, 0, 255, 255))  # now reaches the right edge
+    res = preprocess(rgba, size=64)
+    assert res.background_removed and "cut off" in res.note and res.bbox == (10, 5, 50, 35)
+    plain = object_on_plain()
+    assert "cut off" not in preprocess(plain, size=64).note
+    ImageDraw.Draw(plain).rectangle((150, 90, 299, 110), fill=(220, 40, 30))  # a bar from the object to the edge
+    res = preprocess(plain, size=64)
+    assert res.background_removed and "cut off" in res.note
+
+
 def test_textured_background_keeps_whole_frame():
     rng = np.random.default_rng(3)
     im = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))

@@ -279,10 +279,48 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     assert eval_main(["--data", str(toy_data), "--checkpoint", str(out), "--out", str(res_path),
                       "--mc-resolution", "32"]) == 0
     res = json.loads(res_path.read_text())
-    for k in ("psnr", "ssim", "chamfer", "fscore", "seconds_reconstruct", "seconds_mesh", "n_objects", "per_object"):
-        assert k in res
-    assert res["n_objects"] == 1 and len(res["per_object"]) == 1
+    for k in ("psnr", "ssim", "silhouette_iou", "chamfer", "fscore", "fscore_005", "baseline_copy_psnr",
+              "baseline_scaled_copy_psnr", "baseline_copy_silhouette_iou", "seconds_reconstruct", "seconds_mesh",
+              "n_objects", "per_object"):
+        assert k in res, k
+    assert res["n_objects"] == 1 and len(res["per_object"]) == 1 and res["size"] == 128
     assert np.isfinite(res["psnr"]) and res["per_object"]["toy00000"]["n_views"] == 3
+    assert 0 <= res["silhouette_iou"] <= 1 and res["fscore_005"] <= res["fscore"]
+
+
+def test_eval_baselines_and_a_folder_without_meshes(toy_data, tmp_path):
+    """Every view a copy of the input (same camera, same pixels): both baselines are exact; without
+    mesh.ply the shape metrics are left out, not estimated."""
+    import shutil
+    from core.eval.recon import main as eval_main
+
+    obj = tmp_path / "objects" / "same"
+    shutil.copytree(next((toy_data / "val").iterdir()), obj)
+    (obj / "mesh.ply").unlink()
+    for v in ("001", "002", "003"):
+        for suffix in (".png", ".npy", "_alpha.png", "_depth.npy"):
+            shutil.copy(obj / f"000{suffix}", obj / f"{v}{suffix}")
+    ckpt = tmp_path / "model"
+    ReconPipeline(ReconModel(ReconConfig(**TINY))).save_pretrained(ckpt)
+    out = tmp_path / "eval.json"
+    assert eval_main(["--data", str(tmp_path / "objects"), "--checkpoint", str(ckpt), "--out", str(out),
+                      "--size", "32"]) == 0
+    res = json.loads(out.read_text())
+    assert res["baseline_copy_psnr"] == 100.0 and res["baseline_copy_silhouette_iou"] == 1.0
+    assert res["baseline_scaled_copy_psnr"] == 100.0 and res["baseline_scaled_copy_silhouette_iou"] == 1.0
+    assert not {"chamfer", "fscore", "fscore_005"} & set(res) and res["size"] == 32
+
+
+def test_silhouette_iou():
+    from core.metrics import object_mask, silhouette_iou
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert silhouette_iou(a, b) == pytest.approx(4 / 12) and silhouette_iou(a, a) == 1.0
+    img = np.full((4, 4, 3), 255, np.uint8)
+    img[0, 0] = (0, 0, 0)
+    assert object_mask(img).sum() == 1 and object_mask(img, alpha=np.ones((4, 4))).all()
 
 
 def test_mesh_metrics_sanity():

@@ -1,12 +1,16 @@
-"""`python -m core.eval recon --data DIR --checkpoint FOLDER --out FILE.json`
+"""`python -m core.eval recon --data DIR --checkpoint FOLDER --out FILE.json [--split val_unseen]`
 
-For each object: the input view(s) and their cameras give a triplane; every other view is
-rendered at the model's resolution on white and scored with PSNR/SSIM (core.metrics).
-Where the object has ``mesh.ply``, the extracted mesh is compared with it in the world
-frame: Chamfer distance (mean of the two directions' mean nearest-neighbour distances
-between 10,000 surface samples each) and F-score at 0.1. The "copy" baseline scores the
-input image itself against every other view (what an NVS model that ignores the camera
-would get).
+For each object: the input view(s) and their cameras give a triplane (with the photos projected
+onto the surfaces they saw, as the app shows it; ``--no-photo-projection`` scores the field
+alone); every other view is rendered at ``--size`` (default 128 px) on white and scored with
+PSNR/SSIM and the silhouette IoU of the render's object mask (opacity > 0.5) against the
+ground-truth alpha (the not-white pixels where a view has no alpha). Baselines, scored the same
+way: ``copy`` shows the input image itself for every view; ``scaled_copy`` shows it scaled by
+r_input / r_target about the object's centre (what the camera distance alone explains).
+Where the object has ``mesh.ply``, the extracted mesh is compared with it in the world frame:
+Chamfer distance (mean of the two directions' mean nearest-neighbour distances between 10,000
+surface samples each) and F-score at 0.1 (``fscore``) and 0.05 (``fscore_005``); without
+``mesh.ply`` the shape metrics are omitted, never estimated.
 """
 from __future__ import annotations
 
@@ -20,23 +24,30 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from core import metrics
+from core import cameras, metrics
 from core.cli import device_arg
-from core.data.io import DataError, list_objects, load_image, object_fov, read_view, view_ids
+from core.data.io import (DataError, image_to_tensor, list_objects, object_fov, read_view, tensor_to_image, view_ids,
+                          zoom_images)
 from core.mesh import MeshError
 from core.report import emit_json
 
 
-def mesh_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n: int = 10000, threshold: float = 0.1,
+def mesh_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n: int = 10000, thresholds=(0.1, 0.05),
                  seed: int = 0) -> dict:
-    """Chamfer distance and F-score between two surfaces (uniform area samples, cKDTree)."""
+    """Chamfer distance and F-scores between two surfaces (uniform area samples, cKDTree)."""
     p = trimesh.sample.sample_surface(pred, n, seed=seed)[0]
     g = trimesh.sample.sample_surface(gt, n, seed=seed + 1)[0]
     d_pg = cKDTree(g).query(p)[0]
     d_gp = cKDTree(p).query(g)[0]
-    precision, recall = float((d_pg < threshold).mean()), float((d_gp < threshold).mean())
-    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return {"chamfer": float((d_pg.mean() + d_gp.mean()) / 2), "fscore": f, "precision": precision, "recall": recall}
+    out = {"chamfer": float((d_pg.mean() + d_gp.mean()) / 2)}
+    for t in thresholds:
+        precision, recall = float((d_pg < t).mean()), float((d_gp < t).mean())
+        f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        key = "fscore" if t == 0.1 else f"fscore_{round(t * 100):03d}"  # 0.05 -> fscore_005
+        out[key] = f
+        if t == 0.1:
+            out.update(precision=precision, recall=recall)
+    return out
 
 
 def _load_gt_mesh(path: Path) -> trimesh.Trimesh:
@@ -51,8 +62,24 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: int, log=print) -> dict:
-    S = pipe.config.image_size
+def scaled_copies(src, targets: list, fov_deg: float) -> tuple[list, list]:
+    """The input view and its mask as each target camera's distance would show them (no rotation)."""
+    scales = [cameras.at_source_distance(src.w2c, t.w2c)[1] for t in targets]
+    centres = [cameras.origin_ndc(t.w2c, fov_deg) for t in targets]
+    x = image_to_tensor(src.image)[None].expand(len(targets), -1, -1, -1)
+    mask = torch.from_numpy(metrics.object_mask(src.image, src.alpha).astype(np.float32))
+    m = (1 - 2 * mask)[None, None].expand(len(targets), 3, -1, -1)  # object black on white: zooms like an image
+    zi, zm = zoom_images(x, scales, centres), zoom_images(m, scales, centres)
+    return [tensor_to_image(v) for v in zi], [((1 - v[0]) / 2 > 0.5).numpy() for v in zm]
+
+
+SCORES = ("psnr", "ssim", "silhouette_iou", "baseline_copy_psnr", "baseline_copy_ssim", "baseline_copy_silhouette_iou",
+          "baseline_scaled_copy_psnr", "baseline_scaled_copy_ssim", "baseline_scaled_copy_silhouette_iou")
+SHAPE_SCORES = ("chamfer", "fscore", "fscore_005")
+
+
+def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: int, size: int = 128,
+             project_photos: bool = True, log=print) -> dict:
     per, t_rec, t_mesh = {}, [], []
     for obj in objects:
         ids = view_ids(obj)
@@ -63,21 +90,28 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
         fov = object_fov(obj)
         ins = [read_view(obj, v, extras=False, fov_deg=fov) for v in input_views]
         t0 = time.perf_counter()
-        scene = pipe.reconstruct([v.image for v in ins], [v.w2c for v in ins], fov_deg=[fov] * len(ins))
+        scene = pipe.reconstruct([v.image for v in ins], [v.w2c for v in ins], fov_deg=[fov] * len(ins),
+                                 project_photos=project_photos)
         t_rec.append(time.perf_counter() - t0)
-        src = load_image(obj / f"{input_views[0]}.png", S)
-        ps, ss, bp, bs = [], [], [], []
-        for v in ids:
-            if v in input_views:
-                continue
-            gt = load_image(obj / f"{v}.png", S)
-            pred = scene.render(read_view(obj, v, extras=False, fov_deg=fov).w2c, S, fov)
-            ps.append(metrics.psnr(pred, gt))
-            ss.append(metrics.ssim(pred, gt))
-            bp.append(metrics.psnr(src, gt))
-            bs.append(metrics.ssim(src, gt))
-        rec = {"psnr": _mean(ps), "ssim": _mean(ss), "copy_psnr": _mean(bp), "copy_ssim": _mean(bs),
-               "n_views": len(ps), "seconds_reconstruct": t_rec[-1]}
+        src = read_view(obj, input_views[0], size, fov_deg=fov)
+        src_mask = metrics.object_mask(src.image, src.alpha)
+        gts = [read_view(obj, v, size, fov_deg=fov) for v in ids if v not in input_views]
+        if not gts:
+            log(f"{obj.name}: no view besides the input, skipped")
+            continue
+        scaled, scaled_masks = scaled_copies(src, gts, fov)
+        sc = {k: [] for k in SCORES}
+        for gt, sc_img, sc_mask in zip(gts, scaled, scaled_masks):
+            rgb, opacity, _ = scene.render_tensors(gt.w2c, size, fov)
+            pred = (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
+            gt_mask = metrics.object_mask(gt.image, gt.alpha)
+            for name, img, mask in (("", pred, opacity.cpu().numpy() > 0.5), ("baseline_copy_", src.image, src_mask),
+                                    ("baseline_scaled_copy_", sc_img, sc_mask)):
+                sc[f"{name}psnr"].append(metrics.psnr(img, gt.image))
+                sc[f"{name}ssim"].append(metrics.ssim(img, gt.image))
+                sc[f"{name}silhouette_iou"].append(metrics.silhouette_iou(mask, gt_mask))
+        rec = {k: _mean(v) for k, v in sc.items()}
+        rec.update(n_views=len(gts), seconds_reconstruct=t_rec[-1])
         if (obj / "mesh.ply").is_file():
             t0 = time.perf_counter()
             try:
@@ -86,19 +120,21 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
                 rec.update(mesh_metrics(mesh, _load_gt_mesh(obj / "mesh.ply")))
                 rec["seconds_mesh"] = t_mesh[-1]
             except MeshError as e:  # no surface: the worst F-score, Chamfer undefined
-                rec.update({"chamfer": None, "fscore": 0.0, "mesh_error": str(e)})
+                rec.update({"chamfer": None, "fscore": 0.0, "fscore_005": 0.0, "mesh_error": str(e)})
         per[obj.name] = rec
-        log(f"{obj.name}: psnr {rec['psnr']:.2f} (copy {rec['copy_psnr']:.2f}) ssim {rec['ssim']:.3f}"
+        log(f"{obj.name}: psnr {rec['psnr']:.2f} (scaled copy {rec['baseline_scaled_copy_psnr']:.2f}) "
+            f"iou {rec['silhouette_iou']:.3f} (scaled copy {rec['baseline_scaled_copy_silhouette_iou']:.3f})"
             + (f" chamfer {rec['chamfer']:.4f} F {rec['fscore']:.3f}" if rec.get("chamfer") is not None else ""))
     vals = list(per.values())
-    return {"psnr": _mean([r["psnr"] for r in vals]), "ssim": _mean([r["ssim"] for r in vals]),
-            "chamfer": _mean([r.get("chamfer") for r in vals]),
-            "fscore": _mean([r["fscore"] for r in vals if "fscore" in r]),
-            "seconds_reconstruct": _mean(t_rec), "seconds_mesh": _mean(t_mesh), "n_objects": len(per),
-            "copy_baseline": {"psnr": _mean([r["copy_psnr"] for r in vals]), "ssim": _mean([r["copy_ssim"] for r in vals])},
-            "mesh_failures": sum(1 for r in vals if "mesh_error" in r),
-            "input_views": input_views, "mc_resolution": mc_resolution, "image_size": pipe.config.image_size,
-            "per_object": per}
+    out = {k: _mean([r[k] for r in vals]) for k in SCORES}
+    if any(k in r for r in vals for k in SHAPE_SCORES):  # shape metrics only from objects with mesh.ply
+        out.update({k: _mean([r.get(k) for r in vals if k in r]) for k in SHAPE_SCORES})
+        out["n_objects_with_mesh"] = sum(1 for r in vals if "fscore" in r)
+        out["mesh_failures"] = sum(1 for r in vals if "mesh_error" in r)
+    out.update({"seconds_reconstruct": _mean(t_rec), "seconds_mesh": _mean(t_mesh), "n_objects": len(per),
+                "input_views": input_views, "mc_resolution": mc_resolution, "size": size,
+                "photo_projection": project_photos, "image_size": pipe.config.image_size, "per_object": per})
+    return out
 
 
 def main(argv=None) -> int:
@@ -109,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--input-views", default="000", help="comma-separated view ids used as input, e.g. 000,006")
     ap.add_argument("--mc-resolution", type=int, default=256)
+    ap.add_argument("--size", type=int, default=128, help="render and score at this many pixels")
+    ap.add_argument("--no-photo-projection", action="store_true", help="score the field's colours alone")
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", type=device_arg, default="auto")
@@ -125,7 +163,7 @@ def main(argv=None) -> int:
     if not objects:
         raise SystemExit(f"{root}: no object folders found")
     views = [v.strip() for v in args.input_views.split(",") if v.strip()]
-    res = evaluate(pipe, objects, views, args.mc_resolution)
+    res = evaluate(pipe, objects, views, args.mc_resolution, args.size, not args.no_photo_projection)
     res.update({"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split})
     emit_json(res, args.out, hide_in_print=("per_object",))
     return 0

@@ -75,9 +75,12 @@ class ReconPipeline:
         return cameras.pose_from_spherical(0.0, self.config.default_elevation_deg, self.config.default_radius)
 
     @torch.no_grad()
-    def reconstruct(self, images, cameras_w2c=None, fov_deg: float | list[float] | None = None) -> TriplaneScene:
+    def reconstruct(self, images, cameras_w2c=None, fov_deg: float | list[float] | None = None,
+                    project_photos: bool = True) -> TriplaneScene:
         """1..N images (PIL, RGB on white or RGBA) and their 3x4 world-to-camera matrices
-        (default: one photo at ``default_camera()``) -> a TriplaneScene in the world frame."""
+        (default: one photo at ``default_camera()``) -> a TriplaneScene in the world frame.
+        With ``project_photos`` its renders and meshes carry the photos' own pixels where the
+        photos saw the surface (``core.recon.texture``); without, the field's colours alone."""
         if isinstance(images, Image.Image):
             images = [images]
         images = list(images)
@@ -112,4 +115,7 @@ class ReconPipeline:
         x, cams, rays, rot = prepare_views(torch.stack(tens), [w.astype(np.float32) for w in cameras_w2c],
                                            [float(f) for f in fovs], S)
         planes = self.model(x[None].to(self.device), cams[None].to(self.device), rays[None].to(self.device))
-        return TriplaneScene(self.model, planes, rot, fov_deg=float(fovs[0]))
+        scene = TriplaneScene(self.model, planes, rot, fov_deg=float(fovs[0]))
+        if project_photos:
+            scene.attach_photos(images, cameras_w2c, fovs)
+        return scene

@@ -12,6 +12,7 @@ from PIL import Image
 from core import cameras
 from core.mesh import MeshError, marching_cubes
 from core.recon.render import OccupancyRenderer, dense_render, with_smaller_chunks
+from core.recon.texture import InputPhoto, PhotoProjector, normals_from_depth, photo_tensors
 
 MAX_RENDER_SIZE = 2048
 
@@ -27,6 +28,7 @@ class TriplaneScene:
         self._rot_t = torch.from_numpy(self.rot).to(self.planes.device)
         self._occ = None
         self._occ_grid = None
+        self.projector: PhotoProjector | None = None  # set by attach_photos: the photos on the surfaces they saw
 
     @property
     def config(self):
@@ -71,6 +73,23 @@ class TriplaneScene:
             sigma[keep], rgb[keep] = s[0], c[0]
         return sigma.view(pts.shape[:-1]), rgb.view(*pts.shape[:-1], 3)
 
+    @torch.no_grad()
+    def attach_photos(self, images: list[Image.Image], w2cs: list[np.ndarray], fovs: list[float],
+                      depth_size: int | None = None) -> "TriplaneScene":
+        """Put the input photos on the surfaces they saw (``core.recon.texture``): each view's depth
+        is rendered once from the field (at the model's resolution) for the occlusion test."""
+        self.projector = None  # the visibility depth maps come from the field alone
+        size = depth_size or self.config.image_size
+        photos = []
+        for im, w, f in zip(images, w2cs, fovs):
+            rgb, mask = photo_tensors(im)
+            _, op, dep = self.render_tensors(w, size, f)
+            depth = torch.where(op > 0.5, dep / op.clamp(min=1e-6), torch.full_like(dep, float("inf")))
+            photos.append(InputPhoto(rgb.to(self.device), mask.to(self.device), np.asarray(w, np.float32), float(f),
+                                     depth[None]))
+        self.projector = PhotoProjector(photos)
+        return self
+
     def _canonical_rays(self, w2c, size: int, fov_deg):
         problems = cameras.validate_w2c(w2c, look_at_tol_deg=180.0)
         if problems:
@@ -95,7 +114,26 @@ class TriplaneScene:
         else:
             rgb, op, dep = with_smaller_chunks(
                 lambda c: dense_render(self.sparse_field, o, d, self.config.box_radius, n, chunk=c), 4096)
-        return rgb.view(size, size, 3), op.view(size, size), dep.view(size, size)
+        rgb, op, dep = rgb.view(size, size, 3), op.view(size, size), dep.view(size, size)
+        if self.projector is not None:
+            rgb = self._with_photos(rgb, op, dep, o, d)
+        return rgb, op, dep
+
+    def _with_photos(self, rgb, op, dep, o, d):
+        """The photos blended over a render: surface points at the expected depth, normals from
+        the depth map, each pixel moved toward the photo by its projection weight times opacity."""
+        S = rgb.shape[0]
+        rot = self._rot_t
+        ow, dw = (o @ rot).view(S, S, 3), (d @ rot).view(S, S, 3)  # canonical -> world
+        pts = ow + dw * (dep / op.clamp(min=1e-6))[..., None]
+        normals = normals_from_depth(pts, op, -dw)
+        hit = op > 0.05
+        if not hit.any():
+            return rgb
+        blended = self.projector.blend(pts[hit], normals[hit], rgb[hit])
+        out = rgb.clone()
+        out[hit] = rgb[hit] + op[hit][:, None] * (blended - rgb[hit])
+        return out
 
     def render(self, w2c, size: int = 128, fov_deg: float | None = None) -> Image.Image:
         rgb = self.render_tensors(w2c, size, fov_deg)[0]
@@ -175,6 +213,14 @@ class TriplaneScene:
         mesh = trimesh.Trimesh(verts @ self.rot, faces, vertex_colors=colours, process=False)  # canonical -> world
         if keep_largest:
             mesh = _drop_floaters(mesh)
+        if self.projector is not None:
+            v = torch.as_tensor(np.asarray(mesh.vertices, np.float32), device=self.device)
+            n = torch.as_tensor(np.asarray(mesh.vertex_normals, np.float32), device=self.device)  # outward (mc winding)
+            c = torch.as_tensor(mesh.visual.vertex_colors[:, :3], device=self.device).float() / 255
+            c = self.projector.blend(v, n, c)
+            rgba = np.array(mesh.visual.vertex_colors)
+            rgba[:, :3] = (c.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            mesh.visual.vertex_colors = rgba
         return mesh
 
 
