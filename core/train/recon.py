@@ -102,6 +102,12 @@ class ViewCache:
         return float(np.median([e for e, _ in els])), float(np.median([r for _, r in els]))
 
 
+def has_split(root, split: str) -> bool:
+    """A corpus folder or shards folder with this split."""
+    from pathlib import Path
+    return (Path(root) / split).is_dir()
+
+
 def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in: int, targets: int, rays: int):
     """Inputs and supervision rays (canonical frame) for ``batch`` random objects."""
     S = cache.size
@@ -173,12 +179,14 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
 
 @torch.no_grad()
 def quick_val(model, cache: ViewCache, n_samples: int, max_objects: int = 8) -> float:
-    """Mean PSNR of view 000 -> every other view on a few val objects (cheap progress signal)."""
+    """Mean PSNR of view 000 -> every third other view on ``max_objects`` val objects spread evenly over
+    the split (cheap progress signal; the same objects every time)."""
     from core.recon.scene import TriplaneScene
 
     model.eval()
     vals = []
-    for o in cache.objects[:max_objects]:
+    picks = np.unique(np.linspace(0, len(cache.objects) - 1, min(max_objects, len(cache.objects))).round().astype(int))
+    for o in (cache.objects[i] for i in picks):
         img = torch.from_numpy(o["rgb"][:1]).permute(0, 3, 1, 2).float() / 127.5 - 1
         x, c, p, rot = prepare_views(img, [o["w2c"][0]], [o["fov"]], cache.size)
         scene = TriplaneScene(model, model(x[None], c[None], p[None]), rot, o["fov"])
@@ -208,6 +216,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--val-split", default=None, help="split that picks ckpt-best (default: val_unseen where the "
+                    "corpus has one, else val): objects unlike the training set are what counts")
+    ap.add_argument("--val-objects", type=int, default=8, help="objects in the periodic val PSNR")
     ap.add_argument("--growing", action="store_true", help="--data is still being built: use objects with meta.json "
                     "and re-scan every --refresh-every steps until its READY file appears")
     ap.add_argument("--refresh-every", type=int, default=500)
@@ -233,8 +244,9 @@ def main(argv=None) -> int:
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: --config: {e}")
     train = ViewCache(args.data, cfg.image_size, "train", args.max_objects, growing=args.growing)
+    val_split = args.val_split or ("val_unseen" if has_split(args.data, "val_unseen") else "val")
     try:
-        val = ViewCache(args.data, cfg.image_size, "val", 8, growing=args.growing)
+        val = ViewCache(args.data, cfg.image_size, val_split, None, growing=args.growing)
     except SystemExit:
         val = None
     if not resuming:  # the single-photo default camera follows the corpus's first views
@@ -305,8 +317,8 @@ def main(argv=None) -> int:
         if args.growing and step % args.refresh_every == 0 and len(train.objects) < (args.max_objects or 1 << 30):
             train.refresh()
         if step % args.val_every == 0 and val is not None and dist.is_main:
-            rec["val_psnr"] = vp = quick_val(model, val, cfg.n_samples)
-            print(f"\nstep {step}: val psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
+            rec["val_psnr"] = vp = quick_val(model, val, cfg.n_samples, args.val_objects)
+            print(f"\nstep {step}: {val_split} psnr {vp:.2f} (train batch psnr {L['psnr'].item():.2f})", flush=True)
             if vp > state["best_val_psnr"]:
                 state["best_val_psnr"] = vp
                 save(run.best, with_opt=False)
