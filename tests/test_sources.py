@@ -262,3 +262,104 @@ def test_electronics_stay_under_a_fifth_of_the_corpus():
     kept = cap_electronics(kicad, 40, log=lambda *a: None)        # 40 other objects rendered
     assert len(kept) == 10 and len(kept) / (40 + len(kept)) <= 0.2
     assert kept == cap_electronics(kicad, 40, log=lambda *a: None) and cap_electronics(kicad[:5], 40) == kicad[:5]
+
+
+HOMEDECOR_LUA = '''
+mymod.plain_wood = { name = "wood.png", color = 0xff804020 }
+minetest.register_node("mymod:table", {
+    description = "Table",
+    tiles = { "top.png^[colorize:#00000040", mymod.plain_wood, "nowhere.png" },
+    drawtype = "mesh",
+    mesh = "table.obj",
+})
+minetest.register_node("mymod:table_red", { mesh = "table.obj", tiles = { "red.png" } })
+'''
+
+TABLE_OBJ = """g top
+v 0 0 0
+v 1 0 0
+v 1 0 1
+v 0 0 1
+vt 0 0
+vt 1 0
+vt 1 1
+vt 0 1
+f 1/1 2/2 3/3 4/4
+g legs
+usemtl wood
+v 0 1 0
+v 1 1 0
+v 1 1 1
+f -3/1 -2/2 -1/3
+g legs
+usemtl other
+f 5/1 6/2 7/3
+f 1/1 5/2 6/3
+"""
+
+
+def test_homedecor_meshes_take_the_tiles_their_lua_names(tmp_path):
+    from core.data.minetest import read_grouped_obj
+    mod = tmp_path / "mods" / "homedecor" / "mymod"
+    (mod / "models").mkdir(parents=True)
+    (mod / "textures").mkdir()
+    (mod / "init.lua").write_text(HOMEDECOR_LUA)
+    (mod / "models" / "table.obj").write_text(TABLE_OBJ)
+    (mod / "models" / "unused.obj").write_text(TABLE_OBJ)
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(mod / "textures" / "top.png")
+    game = tmp_path / "games" / "minetest_game" / "mods" / "default" / "textures"
+    game.mkdir(parents=True)
+    Image.new("RGB", (4, 4), (200, 200, 200)).save(game / "wood.png")  # another package's texture
+
+    buffers = read_grouped_obj(TABLE_OBJ)
+    assert [len(p) for p, _ in buffers] == [2, 1, 2]  # top (a quad: 2 triangles), legs+wood, legs+other
+    assert buffers[1][0][0].tolist() == [[0, 1, 0], [1, 1, 0], [1, 1, 1]]  # negative indices count back
+
+    root = tmp_path / "mods" / "homedecor"
+    cands = sources.list_homedecor(root)
+    assert [c.name for c in cands] == ["homedecor-table", "homedecor-unused"]
+    parts = sources.load_homedecor(cands[0])          # the first definition of table.obj counts
+    assert len(parts) == 3
+    assert parts[0].texture is not None and parts[0].texture.getpixel((0, 0))[:3] == (0, 0, 255)
+    assert parts[1].texture is not None and np.allclose(parts[1].colors[0, 0, :3], (0x80 / 255, 0x40 / 255, 0x20 / 255))
+    assert parts[2].texture is None and np.allclose(parts[2].colors[..., :3], 0.7)   # an image nobody ships: grey
+    z = np.concatenate([p.positions.reshape(-1, 3) for p in parts])[:, 2]
+    assert z.max() == 1.0  # Y up in the file, +Z up in the world
+    with pytest.raises(MeshError, match="no node definition"):
+        sources.load_homedecor(cands[1])
+    with pytest.raises(MeshError, match="malformed"):
+        read_grouped_obj("v 0 0 x\n", "bad.obj")
+
+
+def _ac3d_grid(n: int = 4, texture: str = "skin.png") -> str:
+    """An AC3D file: an n x n grid of quads in the x-y plane (y up in AC3D), textured."""
+    verts = [f"{i / n} {j / n} 0" for j in range(n + 1) for i in range(n + 1)]
+    surfs = []
+    for j in range(n):
+        for i in range(n):
+            a = j * (n + 1) + i
+            quad = (a, a + 1, a + n + 2, a + n + 1)
+            refs = "\n".join(f"{v} {(v % (n + 1)) / n} {(v // (n + 1)) / n}" for v in quad)
+            surfs.append(f"SURF 0x10\nmat 0\nrefs 4\n{refs}")
+    return ("AC3Db\nMATERIAL \"m\" rgb 1 1 1  amb 0.2 0.2 0.2  emis 0 0 0  spec 0 0 0  shi 0  trans 0\n"
+            "OBJECT world\nkids 1\nOBJECT poly\nname \"grid\"\n"
+            f"texture \"{texture}\"\nnumvert {len(verts)}\n" + "\n".join(verts) +
+            f"\nnumsurf {len(surfs)}\n" + "\n".join(surfs) + "\nkids 0\n")
+
+
+@pytest.mark.skipif(__import__("shutil").which("assimp") is None, reason="needs assimp-utils (CI installs it)")
+def test_flightgear_ac3d_converts_through_assimp_with_its_texture(tmp_path):
+    root = tmp_path / "Models"
+    for cat in ("Maritime", "Weather"):
+        (root / cat).mkdir(parents=True)
+        (root / cat / "thing.ac").write_text(_ac3d_grid())
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(root / cat / "skin.png")
+    cands = sources.list_flightgear(root)
+    assert [c.category for c in cands] == ["Maritime"]          # clouds and effects are not objects
+    parts = sources.load_flightgear(cands[0])
+    assert sum(len(p.positions) for p in parts) == 32 and any(p.texture is not None for p in parts)
+    pos = np.concatenate([p.positions.reshape(-1, 3) for p in parts])
+    assert np.isclose(pos[:, 2].max(), 1.0) and np.allclose(pos[:, 0], 0.0)  # AC3D (x, y, z) -> world (z, x, y): y up is z up
+    (root / "Maritime" / "thing.ac").write_text("not an AC3D file")
+    with pytest.raises(MeshError, match="thing.ac"):
+        sources.load_flightgear(cands[0])

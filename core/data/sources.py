@@ -12,8 +12,8 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | ufoai-data | ufoai-data | MD2 (``core.data.md2``) inside ``base/0models.pk3``, Z up, skins named in the file |
 | 0ad-data | 0ad-data | PMD (``core.data.pmd``) inside ``mods/public/public.zip``, Y up, DDS skins from ``art/actors/**.xml`` |
 | kicad-packages3d | kicad-packages3d | VRML 2 (``read_kicad_wrl``: its IndexedFaceSet subset), Z up, per-part material colours |
-
-Still to come (the corpus v2 issue): minetest-mod-homedecor.
+| minetest-mod-homedecor | minetest-mod-homedecor | OBJ per group (``core.data.minetest``), Y up, textures from the mod's Lua ``tiles`` |
+| flightgear-data-models | flightgear-data-models + assimp-utils | AC3D, Y up, converted to OBJ+MTL by ``assimp export`` (trimesh reads no AC3D) |
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ REDECLIPSE_ROOT = Path("/usr/share/games/redeclipse/data")
 UFOAI_PK3 = Path("/usr/share/games/ufoai/base/0models.pk3")
 ZERO_AD_ZIP = Path("/usr/share/games/0ad/mods/public/public.zip")
 KICAD_ROOT = Path("/usr/share/kicad/3dmodels")
+HOMEDECOR_ROOT = Path("/usr/share/games/minetest/mods/homedecor")
+FLIGHTGEAR_MODELS = Path("/usr/share/games/flightgear/Models")
+FLIGHTGEAR_SKIP = ("Weather", "Effects", "Geometry", "Astro", "Volcanoes")  # clouds, lights, markers: not objects
 KICAD_SHARE = 0.2    # electronic parts stay under this share of a corpus (core.data.corpus caps them)
 MIN_FACES = 20
 
@@ -411,6 +414,105 @@ def load_kicad(c: Candidate) -> list[Part]:
     return parts
 
 
+# ----------------------------------------------------------------------------- Minetest homedecor
+
+def list_homedecor(root: Path = HOMEDECOR_ROOT) -> list[Candidate]:
+    return [Candidate("minetest-mod-homedecor", f"homedecor-{_slug(p.stem)}", str(p),
+                      licence="LGPL-3.0 code / CC-BY-SA-4.0 media (see debian/copyright)", category=p.parent.parent.name)
+            for p in sorted(root.glob("*/models/*.obj"))]
+
+
+@functools.lru_cache(maxsize=4)
+def _homedecor_index(root: str) -> tuple[dict, dict]:
+    """(the Lua tiles of every mesh, every PNG by file name): read once per process. Tiles also name
+    textures of Minetest's own game and of other mods (``default_wood.png``: package minetest-data,
+    ``basic_materials_*``: minetest-mod-basic-materials), so images come from the whole Minetest share
+    folder, the mod's own first."""
+    from core.data.minetest import mesh_tiles
+    share = Path(root).parents[1]  # /usr/share/games/minetest
+    images = {p.name: p for p in sorted(share.rglob("*.png"))}
+    images.update({p.name: p for p in sorted(Path(root).rglob("*.png"))})
+    return mesh_tiles(Path(root)), images
+
+
+def load_homedecor(c: Candidate) -> list[Part]:
+    import trimesh
+    from core.data.minetest import Tile, read_grouped_obj
+    path = Path(c.path)
+    tiles, images = _homedecor_index(str(path.parents[2]))  # MOD_ROOT/<mod>/models/x.obj
+    if path.name not in tiles:
+        raise MeshError(f"{path}: no node definition in the mod's Lua uses this mesh")
+    try:
+        buffers = read_grouped_obj(path.read_text(errors="replace"), str(path))
+    except OSError as e:
+        raise MeshError(f"{path}: cannot read ({e})") from None
+    ts, up = tiles[path.name] or [Tile(None)], UP_TRANSFORMS["y"][:3, :3].astype(np.float32)
+    loaded: dict[str, Image.Image] = {}
+    parts = []
+    for i, (pos, uv) in enumerate(buffers):
+        tile = ts[min(i, len(ts) - 1)]  # the engine repeats the last tile
+        tex = None
+        if tile.image in images and uv is not None:
+            if tile.image not in loaded:
+                try:
+                    with Image.open(images[tile.image]) as im:
+                        loaded[tile.image] = im.convert("RGBA")
+                except Exception as e:
+                    raise MeshError(f"{images[tile.image]}: texture does not load ({type(e).__name__}: {e})") from None
+            tex = loaded[tile.image]
+        tint = tile.tint or ((1.0, 1.0, 1.0) if tex is not None else (0.7, 0.7, 0.7))  # unknown image: plain grey
+        world = pos @ up.T
+        mesh = trimesh.Trimesh(world.reshape(-1, 3), np.arange(len(world) * 3).reshape(-1, 3), process=False)
+        cols = np.ones((len(world), 3, 4), np.float32)
+        cols[..., :3] = tint
+        parts.append(Part(world.astype(np.float32), _crease_normals(mesh), cols,
+                          uv.astype(np.float32) if tex is not None else None, tex))
+    if not parts:
+        raise MeshError(f"{path}: no faces")
+    return parts
+
+
+# ----------------------------------------------------------------------------- FlightGear (AC3D via assimp)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".rgb", ".rgba", ".sgi", ".bmp")
+
+
+def list_flightgear(root: Path = FLIGHTGEAR_MODELS) -> list[Candidate]:
+    return [Candidate("flightgear-data-models", f"flightgear-{_slug(str(p.relative_to(root).with_suffix('')))}", str(p),
+                      licence="GPL-2+ (see debian/copyright)", category=p.relative_to(root).parts[0])
+            for p in sorted(root.rglob("*.ac")) if p.relative_to(root).parts[0] not in FLIGHTGEAR_SKIP]
+
+
+def load_flightgear(c: Candidate) -> list[Part]:
+    """AC3D has no reader in trimesh: assimp (``assimp-utils``) converts it to OBJ+MTL in a temporary
+    folder next to copies of the model's images, which trimesh then loads with its textures."""
+    import subprocess
+    import trimesh
+    exe = shutil.which("assimp")
+    if exe is None:
+        raise MeshError(f"{c.path}: AC3D models need the assimp command: apt-get install assimp-utils")
+    path = Path(c.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.obj"
+        try:
+            r = subprocess.run([exe, "export", str(path), str(out)], capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise MeshError(f"{path}: assimp took over 120 s") from None
+        if r.returncode or not out.is_file():
+            raise MeshError(f"{path}: assimp cannot convert it ({(r.stderr or r.stdout).strip()[-160:]})")
+        for img in path.parent.iterdir():
+            if img.suffix.lower() in IMAGE_SUFFIXES and img.is_file():
+                shutil.copy(img, tmp)
+        try:
+            scene = trimesh.load(str(out), force="scene")
+        except Exception as e:
+            raise MeshError(f"{path}: converted model does not load ({type(e).__name__}: {e})") from None
+        parts = parts_from_scene(scene, UP_TRANSFORMS["y"])
+    if not parts:
+        raise MeshError(f"{path}: no triangles")
+    return parts
+
+
 # ----------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -422,6 +524,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("0ad-data", "0ad-data", True, ZERO_AD_ZIP, list_zero_ad, load_zero_ad, "CC-BY-SA-3.0"),
     Source("kicad-packages3d", "kicad-packages3d", True, KICAD_ROOT, list_kicad, load_kicad,
            "CC-BY-SA-4.0 + exception"),
+    Source("minetest-mod-homedecor", "minetest-mod-homedecor", True, HOMEDECOR_ROOT, list_homedecor, load_homedecor,
+           "LGPL-3.0 / CC-BY-SA-4.0"),
+    Source("flightgear-data-models", "flightgear-data-models", True, FLIGHTGEAR_MODELS, list_flightgear,
+           load_flightgear, "GPL-2+"),
 )}
 
 
