@@ -267,6 +267,12 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
         assert status_main([str(out)]) == 0
     st = json.loads(buf.getvalue())
     assert st["step"] == 4 and st["finished"] and len(st["segments"]) == 2 and st["precision"] == "fp32"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert status_main([str(out), "--markdown"]) == 0
+    card = buf.getvalue()
+    assert "| 1 | " in card and "| 2 | " in card and "| 0-2 |" in card and "| 2-4 |" in card and "fp32" in card
+    assert "Total: 4 steps, 8 samples" in card
     from core.cli import dispatch
     assert dispatch("train", ["status", str(tmp_path)]) == 2      # not a run folder: one error line
     assert json.loads((out / "ckpt-latest" / "train_state.json").read_text())["step"] == 4

@@ -255,6 +255,14 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- run folder
 
+def command_line() -> str:
+    """The command that started this process, as a shell would take it again (``python -m core.train ...``)."""
+    import shlex
+    if sys.argv and sys.argv[0].replace(os.sep, "/").endswith("core/train/__main__.py"):
+        return "python -m core.train " + shlex.join(sys.argv[1:])
+    return shlex.join(sys.argv)
+
+
 def machine() -> dict:
     """What a segment ran on: CPU model and cores, GPU, torch version."""
     import platform
@@ -266,8 +274,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    try:  # AMX (bf16 tile matmul) decides whether bf16 pays on a CPU
+        amx = " amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        amx = False
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+    return {"cpu": cpu, "cores": os.cpu_count(), "amx": amx, "gpu": gpu, "torch": torch.__version__}
 
 
 class RunFolder:
@@ -346,7 +358,7 @@ class RunFolder:
         self._segment = {"started": _now(), "ended": None, "step_from": int(state.get("step", 0)),
                          "step_to": int(state.get("step", 0)), "samples_from": int(state.get("samples_seen", 0)),
                          "samples_to": int(state.get("samples_seen", 0)), "wall_s": 0.0, "precision": precision,
-                         "processes": world, "machine": machine(), "command": " ".join(sys.argv), **(extra or {})}
+                         "processes": world, "machine": machine(), "command": command_line(), **(extra or {})}
         self._wall_from = float(state.get("wall_s", 0.0))
         m = self.manifest()
         m["segments"].append(self._segment)

@@ -1,13 +1,17 @@
-"""`python -m core.train status RUN`: where a training run stands, as JSON.
+"""`python -m core.train status RUN [--markdown]`: where a training run stands, as JSON.
 
 Reads the run folder every trainer writes (``core.train.common.RunFolder``): the manifest's segments
 (steps, samples, wall time, machine, precision, processes, command of each), the latest checkpoint's
-state and age, the best validation metric, and the last log record. Writes nothing.
+state and age, the best validation metric, and the last log record. Writes nothing. ``--markdown``
+prints the run's record for a model card instead: a table of its segments (dates, steps, samples,
+wall time, machine, precision and the measured bf16/fp32 speed behind an ``auto`` choice) and the
+exact command of each.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,10 +54,36 @@ def status(run: Path) -> dict:
     return out
 
 
+def markdown(run: Path) -> str:
+    """The training record of a run for its model card (from manifest.json)."""
+    from core.train.common import RunFolder
+    m = RunFolder(run, writer=False).manifest()
+    if not m.get("segments"):
+        raise DataError(f"{run}: no manifest.json segments to report")
+    rows = ["| # | started (UTC) | steps | samples | wall | machine | precision | processes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    cmds = []
+    for i, g in enumerate(m["segments"], 1):
+        mach = g.get("machine") or {}
+        where = mach.get("gpu") or f"{mach.get('cpu')} ({mach.get('cores')} cores{', AMX' if mach.get('amx') else ''})"
+        meas = g.get("precision_measured") or {}
+        prec = g.get("precision", "?") + (f" (auto: bf16 {meas['bf16_speedup']:.2f}x fp32)" if meas.get("measured") else "")
+        rows.append(f"| {i} | {(g.get('started') or '')[:16].replace('T', ' ')} | {g['step_from']}-{g['step_to']} | "
+                    f"{g.get('samples_to', 0) - g.get('samples_from', 0):,} | {g.get('wall_s', 0) / 3600:.2f} h | "
+                    f"{where} | {prec} | {g.get('processes', 1)} |")
+        cmds.append(f"# segment {i}\n" + re.sub(r"^\S*core/train/__main__\.py", "python -m core.train", g.get("command", "")))
+    total = f"Total: {m.get('step', 0):,} steps, {m.get('samples_seen', 0):,} samples, {m.get('wall_s', 0) / 3600:.2f} h."
+    return "\n".join(rows) + "\n\n" + total + "\n\n```\n" + "\n".join(cmds) + "\n```\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train status", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a run folder (the --out of core.train tokenizer|nvs|recon)")
+    ap.add_argument("--markdown", action="store_true", help="print the run's training record for a model card")
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown(Path(a.run)), end="")
+        return 0
     emit_json(status(Path(a.run)))
     return 0
 
