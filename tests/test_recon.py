@@ -310,11 +310,11 @@ def test_eval_baselines_and_a_folder_without_meshes(toy_data, tmp_path):
     ReconPipeline(ReconModel(ReconConfig(**TINY))).save_pretrained(ckpt)
     out = tmp_path / "eval.json"
     assert eval_main(["--data", str(tmp_path / "objects"), "--checkpoint", str(ckpt), "--out", str(out),
-                      "--size", "32"]) == 0
+                      "--size", "32", "--sample", "1"]) == 0
     res = json.loads(out.read_text())
     assert res["baseline_copy_psnr"] == 100.0 and res["baseline_copy_silhouette_iou"] == 1.0
     assert res["baseline_scaled_copy_psnr"] == 100.0 and res["baseline_scaled_copy_silhouette_iou"] == 1.0
-    assert not {"chamfer", "fscore", "fscore_005"} & set(res) and res["size"] == 32
+    assert not {"chamfer", "fscore", "fscore_005"} & set(res) and res["size"] == 32 and res["n_objects"] == 1
 
 
 def test_silhouette_iou():

@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mc-resolution", type=int, default=256)
     ap.add_argument("--size", type=int, default=128, help="render and score at this many pixels")
     ap.add_argument("--no-photo-projection", action="store_true", help="score the field's colours alone")
-    ap.add_argument("--max-objects", type=int, default=None)
+    ap.add_argument("--max-objects", type=int, default=None, help="the first N objects (by name)")
+    ap.add_argument("--sample", type=int, default=None, metavar="N",
+                    help="N objects spread evenly over the split (every source of a mixed split is seen)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", type=device_arg, default="auto")
     args = ap.parse_args(argv)
@@ -160,10 +162,13 @@ def main(argv=None) -> int:
     if (root / "train").is_dir() and not (root / args.split).is_dir():
         raise SystemExit(f"error: {root} has no {args.split}/ split")
     objects = list_objects(root, args.split if (root / args.split).is_dir() else None)[: args.max_objects]
+    if args.sample and args.sample < len(objects):
+        objects = [objects[i] for i in np.linspace(0, len(objects) - 1, args.sample).round().astype(int)]
     if not objects:
         raise SystemExit(f"{root}: no object folders found")
     views = [v.strip() for v in args.input_views.split(",") if v.strip()]
     res = evaluate(pipe, objects, views, args.mc_resolution, args.size, not args.no_photo_projection)
-    res.update({"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split})
+    res.update({"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "sample": args.sample,
+                "max_objects": args.max_objects})
     emit_json(res, args.out, hide_in_print=("per_object",))
     return 0
