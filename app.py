@@ -75,6 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), metavar="DIR",
                    help="folder with nvs/, tokenizer/ and recon/ checkpoints (default ./checkpoints); "
                         "missing ones disable only the features that need them")
+    p.add_argument("--models", default=None, metavar="NAMES",
+                   help="published models by name, comma-separated (python -m core.weights list), e.g. "
+                        "archonview-d16,triposr: used instead of the --checkpoints folder's nvs/ and recon/ "
+                        "(default $VANTAGE_MODELS)")
+    p.add_argument("--fetch", action="store_true", default=os.environ.get("VANTAGE_FETCH", "") not in ("", "0"),
+                   help="download and convert --models not converted yet, before starting (default $VANTAGE_FETCH; "
+                        "a Space sets VANTAGE_MODELS and VANTAGE_FETCH=1)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link "
                    "(exposes the app to the internet: a warning is shown)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting per event before new ones "
@@ -113,8 +120,20 @@ class Running:
             self.backend.sessions.close_all()
 
 
+def resolve_models(names: str | None, fetch: bool = False) -> dict:
+    """``--models`` -> role -> converted folder (``core.weights``); NotConverted says the fetch command."""
+    from core import weights
+    names = weights.parse_names(names)
+    if fetch:
+        from core.weights.fetch import fetch as fetch_model
+        for n in names:
+            fetch_model(n, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return weights.resolve(names)
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", checkpoints: str | None = None,
-           share: bool = False, backend=None, max_queue: int = 32, quiet: bool = False) -> Running:
+           share: bool = False, backend=None, max_queue: int = 32, quiet: bool = False,
+           models: dict | None = None) -> Running:
     """Start everything without blocking; tests and the benchmark call this in-process.
     Raises AddressUnavailable, before loading anything, when ``port`` is taken."""
     from viewer.backend import Backend
@@ -128,7 +147,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", check
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     from viewer.backend import return_large_blocks_at_once
     return_large_blocks_at_once()
-    backend = backend or Backend.load(checkpoints, device=device)
+    backend = backend or Backend.load(checkpoints, device=device, models=models)
     scene = ViserScene(backend, host="127.0.0.1", port=0)
     demo = build_demo(backend, exposed_warning=warning)
     demo.queue(default_concurrency_limit=1, max_size=max_queue)
@@ -150,8 +169,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        models = resolve_models(args.models, args.fetch)
+    except (ValueError, RuntimeError) as e:  # not converted (says the fetch command), or a failed fetch
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         run = launch(args.host, args.port, args.device, args.checkpoints, args.share,
-                     max_queue=args.max_queue)
+                     max_queue=args.max_queue, models=models)
     except AddressUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

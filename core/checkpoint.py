@@ -76,7 +76,8 @@ def refuse_pickle_file(path: str | Path) -> CheckpointError:
         f"{path}: .pth/.bin/.ckpt files are pickles and Vantage never unpickles; convert it to safetensors "
         "first, in an environment you trust, e.g. python -c \"import torch, safetensors.torch as s; "
         "sd = torch.load('IN.pth', weights_only=True); s.save_file(sd.get('state_dict', sd), 'OUT.safetensors')\" "
-        "(nested wrappers: pick the dict of tensors), then pass the .safetensors file")
+        "(nested wrappers: pick the dict of tensors), then pass the .safetensors file; for the published models, "
+        "python -m core.weights fetch NAME --from FILE converts the original file safely")
 
 
 def read_third_party(path: str | Path) -> dict[str, torch.Tensor]:

@@ -52,7 +52,26 @@ def dispatch(group: str, argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in modules:
         print(f"usage: python -m core.{group} {{{','.join(modules)}}} [options]  (each has --help)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return report_input_errors(lambda: importlib.import_module(modules[argv[0]]).main(argv[1:]))
+    return report_input_errors(lambda: importlib.import_module(modules[argv[0]]).main(expand_models(argv)[1:]))
+
+
+def expand_models(argv: list[str]) -> list[str]:
+    """``COMMAND ... --models NAMES`` -> ``COMMAND ... --checkpoint FOLDER``: the converted published
+    model (``core.weights``) that plays COMMAND's role (nvs, recon, tokenizer; an NVS import bundles
+    its tokenizer). Other commands, or no ``--models``, pass through unchanged."""
+    i = next((j for j, a in enumerate(argv) if a == "--models" or a.startswith("--models=")), None)
+    if i is None or argv[0] not in ("nvs", "recon", "tokenizer"):
+        return argv
+    names = argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+    rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
+    from core import weights
+    folders = weights.resolve(names)
+    if argv[0] == "tokenizer" and "tokenizer" not in folders and "nvs" in folders:
+        folders["tokenizer"] = folders["nvs"] / "tokenizer"
+    if argv[0] not in folders:
+        raise weights.NotConverted(f"--models {names}: none of them is a {argv[0]} model "
+                                   "(python -m core.weights list shows each model's role)")
+    return rest + ["--checkpoint", str(folders[argv[0]])]
 
 
 def report_input_errors(command, *also: type) -> int:

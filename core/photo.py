@@ -83,7 +83,7 @@ def input_camera(a) -> tuple[float, float]:
     from core.checkpoint import CheckpointError, load_config
     from core.recon.config import ReconConfig
     try:
-        cfg = load_config(Path(a.checkpoints) / "recon")
+        cfg = load_config(model_folder(a, "recon"))
     except CheckpointError:
         cfg = {}
     el, r = a.input_elevation, a.input_distance
@@ -92,15 +92,21 @@ def input_camera(a) -> tuple[float, float]:
     return el, r
 
 
-def load_nvs(checkpoints: Path, device: str):
+def model_folder(a, role: str) -> Path:
+    """The ``--models`` folder for ``role`` (nvs, recon), else ``--checkpoints``/role."""
+    from core import weights
+    return weights.resolve(a.models).get(role) or Path(a.checkpoints) / role
+
+
+def load_nvs(a):
     from core.nvs import NVSPipeline
-    return NVSPipeline.from_pretrained(checkpoints / "nvs", device=device)
+    return NVSPipeline.from_pretrained(model_folder(a, "nvs"), device=a.device)
 
 
 def cmd_views(a) -> dict:
     out = Path(a.out)
     photo = load_photo(a.photo, not a.keep_background, a.foreground_ratio)
-    pipe = load_nvs(Path(a.checkpoints), a.device)
+    pipe = load_nvs(a)
     in_el, in_r = input_camera(a)
     src_w2c = cameras.pose_from_spherical(0.0, in_el, in_r)
     el = in_el if a.elevation is None else a.elevation
@@ -136,7 +142,7 @@ def cmd_lift(a) -> dict:
     if out.suffix.lower() not in (".glb", ".ply", ".obj"):
         raise PhotoArgumentError(f"--out {out}: use a .glb, .ply or .obj file name")
     photo = load_photo(a.photo, not a.keep_background, a.foreground_ratio)
-    recon = ReconPipeline.from_pretrained(Path(a.checkpoints) / "recon", device=a.device)
+    recon = ReconPipeline.from_pretrained(model_folder(a, "recon"), device=a.device)
     if not 0 <= a.with_views < recon.config.max_views:
         raise PhotoArgumentError(f"--with-views must be in 0..{recon.config.max_views - 1}, got {a.with_views}")
     checked("--mesh-resolution", a.mesh_resolution, *MESH_RESOLUTION_RANGE, integer=True, error=PhotoArgumentError)
@@ -145,7 +151,7 @@ def cmd_lift(a) -> dict:
     t0 = time.perf_counter()
     images, cams = [photo.image], [src_w2c]
     if a.with_views:
-        nvs = load_nvs(Path(a.checkpoints), a.device)
+        nvs = load_nvs(a)
         around = cameras.orbit(a.with_views + 1, in_el, in_r)[1:]  # all but the photo's
         images += nvs.generate(nvs.encode_source(photo.image, src_w2c), None, around, a.sampling)
         cams += around
@@ -170,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("photo", help="image file (PNG/JPEG/WebP...; RGBA uses its alpha)")
     common.add_argument("--checkpoints", default=str(CHECKPOINTS), metavar="DIR",
                         help="folder with nvs/, tokenizer/, recon/ (default: the shipped ones)")
+    common.add_argument("--models", default=None, metavar="NAMES",
+                        help="published models by name (python -m core.weights list), e.g. archonview-d16,triposr: "
+                             "used instead of --checkpoints' nvs/ and recon/ (default $VANTAGE_MODELS)")
     common.add_argument("--input-elevation", type=float, default=None,
                         help="how far above the object the photo was taken, degrees (default: as the app, the "
                              "reconstruction model's training elevation, 17.6 for the shipped one, else 20)")

@@ -247,19 +247,19 @@ HOW_TO_GET = {
 }
 
 
-def _load_nvs(ckpt: Path, device: str):
+def _load_nvs(folder: Path, device: str):
     from core.nvs import NVSPipeline  # noqa: deferred: the viewer must start without it
-    if not (ckpt / "nvs" / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{ckpt / 'nvs' / 'model.safetensors'} is missing")
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing")
     # the pipeline finds the tokenizer: the one bundled in nvs/tokenizer/, else the sibling tokenizer/
-    return NVSPipeline.from_pretrained(str(ckpt / "nvs"), device=device)
+    return NVSPipeline.from_pretrained(str(folder), device=device)
 
 
-def _load_recon(ckpt: Path, device: str):
+def _load_recon(folder: Path, device: str):
     from core.recon import ReconPipeline  # noqa: deferred
-    if not (ckpt / "recon" / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{ckpt / 'recon' / 'model.safetensors'} is missing")
-    return ReconPipeline.from_pretrained(str(ckpt / "recon"), device=device)
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model.safetensors'} is missing")
+    return ReconPipeline.from_pretrained(str(folder), device=device)
 
 
 class Backend:
@@ -297,19 +297,22 @@ class Backend:
         return stop
 
     @classmethod
-    def load(cls, checkpoints: str | Path | None, device: str = "cpu", **kw) -> "Backend":
-        """Load what is there; record what is not (with how to get it) instead of failing."""
+    def load(cls, checkpoints: str | Path | None, device: str = "cpu", models: dict[str, Path] | None = None,
+             **kw) -> "Backend":
+        """Load what is there; record what is not (with how to get it) instead of failing.
+        ``models`` (role -> folder, from ``core.weights.resolve``) replaces the checkpoints folder's."""
         ckpt = Path(checkpoints) if checkpoints else None
         pipes, problems = {}, {}
         for name, loader in (("nvs", _load_nvs), ("recon", _load_recon)):
-            if ckpt is None:
+            folder = Path(models[name]) if models and name in models else None
+            if folder is None and ckpt is None:
                 problems[name] = "no --checkpoints folder given"
                 continue
-            if not ckpt.is_dir():
+            if folder is None and not ckpt.is_dir():
                 problems[name] = f"checkpoints folder {ckpt} does not exist"
                 continue
             try:
-                pipes[name] = loader(ckpt, device)
+                pipes[name] = loader(folder or ckpt / name, device)
             except ImportError as e:
                 problems[name] = f"the code for it is not importable ({e})"
             except Exception as e:  # corrupt or mismatched checkpoint: say which, keep serving

@@ -31,8 +31,11 @@ _WRAPPERS = ("trainer", "var_wo_ddp", "var", "model", "state_dict", "module")
 
 
 def read_archonview(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    obj = read_third_party(path)
+    return archonview_state_dict(read_third_party(path), source=str(path))
+
+
+def archonview_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """ArchonView's model tensors out of what its training saved (or a bare state dict)."""
     for _ in range(4):  # ArchonView saves {'trainer': {'var_wo_ddp': state_dict, ...}, 'args': ...}
         if isinstance(obj, dict) and "pos_1LC" not in obj and not any(k.endswith(".pos_1LC") for k in obj):
             key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
@@ -40,10 +43,10 @@ def read_archonview(path: str | Path) -> dict[str, torch.Tensor]:
                 break
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected an ArchonView state dict")
+        raise CheckpointError(f"{source}: expected an ArchonView state dict")
     sd = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items() if torch.is_tensor(v)}
     if "pos_1LC" not in sd or "xpos_1LC" not in sd:
-        raise CheckpointError(f"{path}: no pos_1LC/xpos_1LC: not an ArchonView (VAR with source prefix) checkpoint")
+        raise CheckpointError(f"{source}: no pos_1LC/xpos_1LC: not an ArchonView (VAR with source prefix) checkpoint")
     return sd
 
 

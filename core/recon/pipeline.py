@@ -13,6 +13,7 @@ from core.data.io import composite_on_white, image_to_tensor, resize_area
 from core.recon.config import ReconConfig
 from core.recon.model import ReconModel, camera_features, canonical_rotation, to_canonical
 from core.recon.scene import TriplaneScene
+from core.recon.triposr import TripoSRModel
 
 
 class ReconInputError(ValueError):
@@ -38,7 +39,7 @@ def check_view_count(n: int, max_views: int) -> None:
 
 
 # model_type in config.json -> module class (reconstruction v2 adds its own entry)
-MODELS = {"recon": ReconModel}
+MODELS = {"recon": ReconModel, "triposr": TripoSRModel}
 
 
 def prepare_views(images: torch.Tensor, w2cs: list[np.ndarray], fovs: list[float], size: int):
@@ -98,7 +99,8 @@ class ReconPipeline:
             problems = cameras.validate_w2c(w, look_at_tol_deg=180.0)
             if problems:
                 raise cameras.CameraError(f"cameras[{i}]: {'; '.join(problems)}")
-        fovs = fov_deg if isinstance(fov_deg, (list, tuple)) else [fov_deg or cameras.DEFAULT_FOV_DEG] * len(images)
+        default_fov = getattr(self.config, "fov_deg", cameras.DEFAULT_FOV_DEG)  # a model's own input camera (TripoSR: 40)
+        fovs = fov_deg if isinstance(fov_deg, (list, tuple)) else [fov_deg or default_fov] * len(images)
         if len(fovs) != len(images):
             raise ReconInputError(f"fov_deg: need one value per image, got {len(fovs)} for {len(images)}")
         fovs = [cameras.check_fov(f, f"fov_deg[{i}]", ReconInputError) for i, f in enumerate(fovs)]
