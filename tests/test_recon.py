@@ -251,7 +251,10 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     assert train_main(base + ["--steps", "2"]) == 0
     state = json.loads((out / "ckpt-latest" / "train_state.json").read_text())
     assert state["step"] == 2 and (out / "ckpt-latest" / "optimizer.safetensors").is_file()
-    assert state["precision"] == "fp32"  # --precision auto on a CPU
+    # --precision auto on a CPU: measured here (a tiny model under load may go either way), recorded, kept on resume
+    first = json.loads((out / "manifest.json").read_text())["segments"][0]
+    assert first["precision_measured"]["measured"] and state["precision"] == first["precision_measured"]["choice"]
+    chosen = state["precision"]
     w2 = ReconPipeline.from_pretrained(out).model.state_dict()
     with pytest.raises(SystemExit, match=r"schedule differs from the run's: --steps 2 -> 4"):
         train_main(base + ["--steps", "4", "--resume"])
@@ -266,12 +269,12 @@ def test_train_resume_and_eval_commands(toy_data, tmp_path):
     with contextlib.redirect_stdout(buf):
         assert status_main([str(out)]) == 0
     st = json.loads(buf.getvalue())
-    assert st["step"] == 4 and st["finished"] and len(st["segments"]) == 2 and st["precision"] == "fp32"
+    assert st["step"] == 4 and st["finished"] and len(st["segments"]) == 2 and st["precision"] == chosen
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert status_main([str(out), "--markdown"]) == 0
     card = buf.getvalue()
-    assert "| 1 | " in card and "| 2 | " in card and "| 0-2 |" in card and "| 2-4 |" in card and "fp32" in card
+    assert "| 1 | " in card and "| 2 | " in card and "| 0-2 |" in card and "| 2-4 |" in card and chosen in card
     assert "Total: 4 steps, 8 samples" in card
     from core.cli import dispatch
     assert dispatch("train", ["status", str(tmp_path)]) == 2      # not a run folder: one error line

@@ -81,7 +81,7 @@ class TriplaneScene:
         """Put the input photos on the surfaces they saw (``core.recon.texture``): each view's depth
         is rendered once from the field (at the model's resolution) for the occlusion test."""
         self.projector = None  # the visibility depth maps come from the field alone
-        size = depth_size or self.config.image_size
+        size = depth_size or min(self.config.image_size, 128)  # TripoSR takes 512 px: its depth at 128 is plenty
         photos = []
         for im, w, f in zip(images, w2cs, fovs):
             rgb, mask = photo_tensors(im)
