@@ -18,8 +18,8 @@ from core.weights.registry import Entry, entry, models_dir
 
 # Reference equivalence, measured once: the same seeded random weights, in the published file layouts
 # at the published sizes, loaded into the reference code (VAR/ArchonView, TripoSR with transformers
-# 4.35) and, through these converters, into Vantage; same inputs, fp32 on CPU (torch 2.13).
-# Written into each converted model's card.
+# 4.35) and, through these converters, into Vantage; same inputs, fp32 on CPU (torch 2.13), 2026-12-06,
+# 2-core Intel Xeon (AMX). Reproduce with scripts/verify_weights.py. Written into each converted model's card.
 _ARCHONVIEW = ("Verified on depth 16 (the converter is the same for every depth): teacher-forced logits "
                "(680 x 4096) max abs diff 1.3e-06, argmax identical; its VAR tokenizer as below.")
 VERIFIED: dict[str, str] = {
