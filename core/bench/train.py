@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # the sizes proposed for the v2 models: widths where bf16 pays on AMX CPUs and GPUs (>= 256)
 V2 = {"tokenizer": {"ch": 128, "ch_mult": [1, 2, 2], "num_res_blocks": 2, "patch_size": 2},
       "nvs": {"depth": 8, "width": 384, "num_heads": 6},
-      "recon": {"image_size": 128, "patch_size": 8, "enc_dim": 256, "enc_depth": 6, "enc_heads": 8, "tri_dim": 256,
-                "tri_depth": 6, "tri_heads": 8, "tri_tokens": 16, "upsample_channels": [128, 64]}}
+      # reconstruction v2 as trained (runs/recon-v2, checkpoints/recon's model card): 8.3M parameters
+      "recon": {"image_size": 128, "patch_size": 8, "enc_dim": 256, "enc_depth": 4, "enc_heads": 8, "tri_dim": 256,
+                "tri_depth": 4, "tri_heads": 8, "tri_tokens": 12, "upsample_channels": [128, 64]}}
 BATCH = {"tokenizer": 8, "nvs": 8, "recon": 4}
 
 
