@@ -632,3 +632,8 @@ def test_benchmark_cli_reports_every_ratio(pipe, tmp_path):
     assert mean["samples"] == 8 and mean["full_view_s"] > 0
     assert mean["ar_vs_diffusion_50_same_draws_speedup"] > 0 and mean["ar_mean_vs_diffusion_50_one_draw_speedup"] > 0
     assert bench_tok(["--checkpoint", str(tmp_path / "tokenizer"), "--repeats", "1", "--threads", "1"]) == 0
+    assert bench_nvs(["--checkpoint", str(tmp_path / "nvs"), "--repeats", "1", "--threads", "1", "--quick",
+                      "--out", str(tmp_path / "quick.json")]) == 0
+    quick = json.loads((tmp_path / "quick.json").read_text())
+    assert quick["encode_source_s"] > 0 and quick["stream_all_previews"]["full_view_s"] > 0
+    assert "kv_cache_speedup" not in quick

@@ -373,3 +373,15 @@ def test_training_from_shards_equals_training_from_the_folders(toy_data, tmp_pat
     (tmp_path / "shards" / "train" / "rgb.npy").write_bytes(b"not a numpy file")
     with pytest.raises(Exception, match="rgb.npy: damaged shard"):
         open_shards(tmp_path / "shards", "train")
+
+
+def test_bench_recon_reports_no_mesh_timings_for_a_field_without_surface(tmp_path, capsys):
+    """A field that never reaches the level (random weights, a very negative density bias) still gets
+    its reconstruct/render timings; the mesh ones are null with the reason, not a crash."""
+    from core.bench.recon import main as bench_main
+    ckpt = tmp_path / "empty"
+    ReconPipeline(ReconModel(ReconConfig(**{**TINY, "density_bias": -30.0}))).save_pretrained(ckpt)
+    assert bench_main(["--checkpoint", str(ckpt), "--repeat", "1", "--threads", "1", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["image_to_triplane_ms"] > 0 and out["render_128px_fps"] > 0
+    assert out["mesh_128_ms"] is None and "no surface" in out["mesh_note"]

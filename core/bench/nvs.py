@@ -7,7 +7,7 @@ encoded once and reused vs re-encoded per camera (and one batch of 8); the same
 transformer run as a 25- and 50-step diffusion denoiser over the same token grid (the
 peer ArchonView compares against; weights do not matter for timing); fp32 vs bf16
 autocast, and the 50-step ratio again with both sides under bf16. Ratios > 1 mean the
-first-named path is faster. The AR-vs-diffusion ratios are medians over --diffusion-repeats
+first-named path is faster. ``--quick``: the source encoding and one streamed view only. The AR-vs-diffusion ratios are medians over --diffusion-repeats
 back-to-back pairs (AR view incl. decode, then the peer).
 """
 from __future__ import annotations
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8,
                     help="also time the mean of this many samples per view, streamed and against the peer "
                          "(0 or 1: skip)")
+    ap.add_argument("--quick", action="store_true", help="only the source encoding and one streamed view (a "
+                    "large model, e.g. a published ArchonView on a CPU: the comparisons would take an hour)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -142,6 +144,9 @@ def main(argv=None) -> int:
     res["stream_all_previews"] = {"first_preview_s": first, "full_view_s": full, "per_scale_s": per_scale,
                                   "decode_total_s": statistics.median(r[-1][2]["decode_s"] for r in runs),
                                   "sample_total_s": statistics.median(r[-1][2]["sample_s"] for r in runs)}
+    if a.quick:
+        emit_json(res, a.out)
+        return 0
     few = [stream_once([1, S // 2]) for _ in range(R)]
     res["stream_previews_1_mid_last"] = {"first_preview_s": statistics.median(r[0][1] for r in few),
                                          "full_view_s": statistics.median(r[-1][1] for r in few)}

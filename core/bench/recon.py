@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from core.mesh import export_glb
+    from core.mesh import MeshError, export_glb
     from core.recon import ReconPipeline
 
     t = time.perf_counter()
@@ -70,6 +70,11 @@ def main(argv=None) -> int:
     render_ms = _median_ms(lambda: scene.render(cam, 128), args.repeat)
     out["render_128px_ms"] = round(render_ms, 1)
     out["render_128px_fps"] = round(1000 / render_ms, 2)
+    try:
+        scene.extract_mesh(resolution=64)
+    except MeshError as e:  # a field with no surface (random weights): nothing to mesh, so no mesh timings
+        out.update({"mesh_128_ms": None, "mesh_256_ms": None, "image_to_glb_ms": None, "mesh_note": str(e)})
+        return _finish(out)
     for res in (128, 256):
         out[f"mesh_{res}_ms"] = round(_median_ms(lambda: scene.extract_mesh(resolution=res), args.repeat), 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +85,10 @@ def main(argv=None) -> int:
         if args.glb_resolution != 256:
             args.glb_resolution = 256
             out["image_to_glb_ms_mc256"] = round(_median_ms(image_to_glb, args.repeat), 1)
+    return _finish(out)
+
+
+def _finish(out: dict) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
     print(json.dumps(out, indent=2))
