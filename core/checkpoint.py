@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -92,6 +93,23 @@ def read_third_party(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def unwrap_state_dict(obj, marker: str, wrappers: tuple[str, ...], source: str, what: str,
+                      depth: int = 4) -> dict[str, torch.Tensor]:
+    """The model's tensors out of what a project's training saved: descend through ``wrappers`` keys
+    (``{'trainer': {'var_wo_ddp': ...}}``, ``{'state_dict': ...}``) until a dict holds ``marker`` (a key
+    the model always has, possibly behind a ``module.`` prefix), then drop DDP / compile prefixes."""
+    for _ in range(depth):
+        if not isinstance(obj, dict) or marker in obj or any(k.endswith("." + marker) for k in obj):
+            break
+        key = next((k for k in wrappers if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected {what} state dict, got {type(obj).__name__}")
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items() if torch.is_tensor(v)}
 
 
 def load_config(folder: str | Path) -> dict[str, Any]:

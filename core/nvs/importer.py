@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, read_third_party
+from core.checkpoint import CheckpointError, read_third_party, unwrap_state_dict
 from core.nvs.config import NVSConfig
 from core.nvs.model import NVSTransformer
 
@@ -35,16 +35,9 @@ def read_archonview(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def archonview_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """ArchonView's model tensors out of what its training saved (or a bare state dict)."""
-    for _ in range(4):  # ArchonView saves {'trainer': {'var_wo_ddp': state_dict, ...}, 'args': ...}
-        if isinstance(obj, dict) and "pos_1LC" not in obj and not any(k.endswith(".pos_1LC") for k in obj):
-            key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
-            if key is None:
-                break
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{source}: expected an ArchonView state dict")
-    sd = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items() if torch.is_tensor(v)}
+    """ArchonView's model tensors out of what its training saved (``{'trainer': {'var_wo_ddp': state_dict,
+    ...}, 'args': ...}``) or a bare state dict."""
+    sd = unwrap_state_dict(obj, "pos_1LC", _WRAPPERS, source, "an ArchonView")
     if "pos_1LC" not in sd or "xpos_1LC" not in sd:
         raise CheckpointError(f"{source}: no pos_1LC/xpos_1LC: not an ArchonView (VAR with source prefix) checkpoint")
     return sd

@@ -17,7 +17,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError, unwrap_state_dict
 from core.recon.triposr_config import TripoSRConfig
 
 VIT = "image_tokenizer.model."
@@ -26,15 +26,7 @@ _WRAPPERS = ("state_dict", "model", "module", "ema")
 
 
 def unwrap(obj, source: str) -> dict[str, torch.Tensor]:
-    for _ in range(3):
-        if isinstance(obj, dict) and "tokenizer.embeddings" not in obj:
-            key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
-            if key is None:
-                break
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{source}: expected a TripoSR state dict, got {type(obj).__name__}")
-    sd = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items() if torch.is_tensor(v)}
+    sd = unwrap_state_dict(obj, "tokenizer.embeddings", _WRAPPERS, source, "a TripoSR", depth=3)
     if "tokenizer.embeddings" not in sd or VIT + "embeddings.cls_token" not in sd:
         raise CheckpointError(f"{source}: no tokenizer.embeddings / {VIT}embeddings.cls_token: not a TripoSR checkpoint")
     return sd
