@@ -278,6 +278,8 @@ def test_closing_a_session_removes_gradios_copies_of_its_exports(live):
     import httpx
     from gradio_client import Client, handle_file
     run, tmp = live
+    for t in run.backend.sessions.tokens():   # no other tab holds the same bytes (copies are shared by content)
+        run.backend.sessions.close(t)
     client = Client(run.url, verbose=False, download_files=False)   # file outputs as the server's URLs
     html, _ = client.predict(api_name="/new_session")
     token = _re.search(r"/viser/s/([A-Za-z0-9_\-]+)/", html).group(1)
@@ -440,3 +442,24 @@ def test_busy_port_is_refused_in_the_apps_words_before_any_model_loads(monkeypat
         with pytest.raises(SystemExit):
             app.parse_args(["--port", bad])
     assert "--port" in capsys.readouterr().err
+
+
+def test_a_copy_two_live_sessions_share_outlives_one_of_them(tmp_path, monkeypatch):
+    """Gradio keys its copies by content: the same photo lifted in two tabs gives one cached copy, which
+    must stay while either tab is open."""
+    from viewer import ui
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(ui, "get_upload_folder", lambda: str(cache))
+    from gradio import processing_utils
+    store = SessionStore(tmp_path / "s")
+    a, b = store.new(), store.new()
+    for s in (a, b):
+        (s.folder / "object.glb").write_bytes(b"same bytes")
+    copy = cache / processing_utils.hash_file(a.folder / "object.glb") / "object.glb"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"same bytes")
+    store.before_remove.append(ui._purge_closed(store))
+    store.close(a.token)
+    assert copy.is_file()                     # b still serves it
+    store.close(b.token)
+    assert not copy.exists()                  # the last holder closed: gone

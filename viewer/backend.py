@@ -199,6 +199,14 @@ class SessionStore:
             s.last_used = time.time()
         return s
 
+    def live_folders(self) -> list[Path]:
+        with self._lock:
+            return [s.folder for s in self._sessions.values()]
+
+    def tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
     def close(self, token: str | None) -> None:
         with self._lock:
             s = self._sessions.pop(token, None) if token else None

@@ -53,17 +53,32 @@ def ruled(component, check: Callable[[Any], Any]):
     return component
 
 
-def purge_gradio_copies(folder: Path) -> None:
+def purge_gradio_copies(folder: Path, still_used=()) -> None:
     """Gradio serves every file a handler returns from a copy in its own cache
     (``<upload folder>/<hash of the file>/<name>``, ``processing_utils.save_file_to_cache``). When a
-    session closes, its exports' copies go too, so a closed tab's meshes are no longer served."""
+    session closes, its exports' copies go too, so a closed tab's meshes are no longer served. The copy
+    is keyed by content: a live session (``still_used``: its folders) holding the same file keeps it."""
     from gradio import processing_utils
     cache = Path(get_upload_folder()).resolve()
     for f in Path(folder).glob("*"):
         if f.is_file() and not f.name.startswith("."):
-            copy_dir = cache / processing_utils.hash_file(f)
-            if (copy_dir / f.name).is_file():
+            digest = processing_utils.hash_file(f)
+            copy_dir = cache / digest
+            if not (copy_dir / f.name).is_file():
+                continue
+            shared = any((g := Path(o) / f.name).is_file() and Path(o) != Path(folder)
+                         and processing_utils.hash_file(g) == digest for o in still_used)
+            if not shared:
                 shutil.rmtree(copy_dir, ignore_errors=True)
+
+
+def _purge_closed(store) -> Callable[[Path], None]:
+    """``SessionStore.before_remove`` hook: a closing session's Gradio copies, unless another live
+    session exported the same bytes (the same photo lifted twice gives one cached copy)."""
+    def purge(folder: Path) -> None:
+        purge_gradio_copies(folder, store.live_folders())
+    purge.purges_gradio_copies = True
+    return purge
 
 
 def example_paths() -> list[str]:
@@ -200,8 +215,8 @@ def viser_iframe(token: str | None) -> str:
 def build_demo(backend: Backend, exposed_warning: str | None = None) -> gr.Blocks:
     """The whole page; handler functions are reachable by ``api_name`` for gradio_client."""
     h = Handlers(backend)
-    if purge_gradio_copies not in backend.sessions.before_remove:
-        backend.sessions.before_remove.append(purge_gradio_copies)
+    if not any(getattr(cb, "purges_gradio_copies", False) for cb in backend.sessions.before_remove):
+        backend.sessions.before_remove.append(_purge_closed(backend.sessions))
     nvs_on, recon_on = backend.nvs_ready, backend.recon_ready
     # delete_cache: Gradio's own copies of outputs/uploads older than an hour are removed hourly
     with gr.Blocks(title="Vantage: one photo to novel views and 3D", delete_cache=(3600, 3600)) as demo:
