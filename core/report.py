@@ -14,3 +14,11 @@ def emit_json(result: dict[str, Any], out: str | Path | None = None, hide_in_pri
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     hidden = set(hide_in_print)
     print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=2))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (for benchmark JSON)."""
+    import resource
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)   # macOS: bytes, Linux: KiB

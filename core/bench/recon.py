@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
 
 
 def _finish(out: dict) -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    from core.report import peak_rss_mb
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out, indent=2))
     return 0

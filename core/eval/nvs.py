@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from core import cameras, metrics
 from core.cli import device_arg
@@ -26,12 +27,17 @@ from core.nvs.sampling import SamplingParams
 from core.report import emit_json
 
 
-def scaled_copy(src, targets: list, fov_deg: float) -> list:
-    """The source view as each target camera's distance would show it (no rotation)."""
+def scaled_copy(src, targets: list, fov_deg: float, mask=None):
+    """The source view as each target camera's distance would show it (no rotation); with ``mask`` (the
+    source's boolean object mask) also that mask scaled the same way: (images, masks)."""
     scales = [cameras.at_source_distance(src.w2c, t.w2c)[1] for t in targets]
+    centres = [cameras.origin_ndc(t.w2c, fov_deg) for t in targets]
     x = image_to_tensor(src.image)[None].expand(len(targets), -1, -1, -1)
-    z = zoom_images(x, scales, [cameras.origin_ndc(t.w2c, fov_deg) for t in targets])
-    return [tensor_to_image(v) for v in z]
+    images = [tensor_to_image(v) for v in zoom_images(x, scales, centres)]
+    if mask is None:
+        return images
+    m = torch.from_numpy(1 - 2 * np.asarray(mask, np.float32))[None, None].expand(len(targets), 3, -1, -1)
+    return images, [((1 - v[0]) / 2 > 0.5).numpy() for v in zoom_images(m, scales, centres)]  # black on white
 
 
 def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: int | None = None,

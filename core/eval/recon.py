@@ -24,10 +24,10 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from core import cameras, metrics
+from core import metrics
 from core.cli import device_arg
-from core.data.io import (DataError, image_to_tensor, list_objects, object_fov, read_view, tensor_to_image, view_ids,
-                          zoom_images)
+from core.data.io import DataError, list_objects, object_fov, read_view, view_ids
+from core.eval.nvs import scaled_copy
 from core.mesh import MeshError
 from core.report import emit_json
 
@@ -62,17 +62,6 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def scaled_copies(src, targets: list, fov_deg: float) -> tuple[list, list]:
-    """The input view and its mask as each target camera's distance would show them (no rotation)."""
-    scales = [cameras.at_source_distance(src.w2c, t.w2c)[1] for t in targets]
-    centres = [cameras.origin_ndc(t.w2c, fov_deg) for t in targets]
-    x = image_to_tensor(src.image)[None].expand(len(targets), -1, -1, -1)
-    mask = torch.from_numpy(metrics.object_mask(src.image, src.alpha).astype(np.float32))
-    m = (1 - 2 * mask)[None, None].expand(len(targets), 3, -1, -1)  # object black on white: zooms like an image
-    zi, zm = zoom_images(x, scales, centres), zoom_images(m, scales, centres)
-    return [tensor_to_image(v) for v in zi], [((1 - v[0]) / 2 > 0.5).numpy() for v in zm]
-
-
 SCORES = ("psnr", "ssim", "silhouette_iou", "baseline_copy_psnr", "baseline_copy_ssim", "baseline_copy_silhouette_iou",
           "baseline_scaled_copy_psnr", "baseline_scaled_copy_ssim", "baseline_scaled_copy_silhouette_iou")
 SHAPE_SCORES = ("chamfer", "fscore", "fscore_005")
@@ -99,7 +88,7 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
         if not gts:
             log(f"{obj.name}: no view besides the input, skipped")
             continue
-        scaled, scaled_masks = scaled_copies(src, gts, fov)
+        scaled, scaled_masks = scaled_copy(src, gts, fov, mask=src_mask)
         sc = {k: [] for k in SCORES}
         for gt, sc_img, sc_mask in zip(gts, scaled, scaled_masks):
             rgb, opacity, _ = scene.render_tensors(gt.w2c, size, fov)

@@ -9,28 +9,18 @@ model is conditioned on and what the app shows first after a camera move.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
-from PIL import Image
 
 from core import cameras
+from core.data.render import RenderResult
 
 UNLIT = dict(intensities=(0.0, 0.0, 0.0), ambient=1.0)  # the mesh's colours already carry the photo's light
 GUIDE_MESH_RESOLUTION = 96  # marching cubes grid: ~0.3 s once per photo on a CPU; finer than a 128 px guide needs
 
 
-@dataclass
-class GuideFrame:
-    image: Image.Image   # RGB on white, size x size
-    alpha: np.ndarray    # [S, S] uint8
-    depth: np.ndarray    # [S, S] float32 along the viewing axis, 0 on the background
-
-
 class Guide:
-    """The proxy of one lifted photo; ``render(w2c)`` rasterises it. Needs an EGL OpenGL context
-    (Mesa's libEGL, as the corpus renderer); ``Guide.available()`` says whether this machine has one."""
+    """The proxy of one lifted photo; ``render(w2c)`` rasterises it (colour on white, alpha, depth along
+    the viewing axis). Needs an EGL OpenGL context (Mesa's libEGL), as the corpus renderer does."""
 
     def __init__(self, mesh, size: int, fov_deg: float = cameras.DEFAULT_FOV_DEG):
         from core.data.render import Lighting, Renderer, parts_from_trimesh
@@ -38,32 +28,18 @@ class Guide:
         self.renderer = Renderer(self.size, self.fov_deg, samples=4)
         self.renderer.set_lighting(Lighting(**UNLIT))
         self.renderer.set_asset(parts_from_trimesh(mesh))
-        self.seconds_build = 0.0
 
     @classmethod
     def from_scene(cls, scene, size: int, fov_deg: float | None = None,
                    mesh_resolution: int = GUIDE_MESH_RESOLUTION) -> "Guide":
         """Mesh a ``TriplaneScene`` (its photo projection included) and upload it."""
-        t0 = time.perf_counter()
-        guide = cls(scene.extract_mesh(resolution=mesh_resolution), size, fov_deg or scene.fov_deg)
-        guide.seconds_build = time.perf_counter() - t0
-        return guide
+        return cls(scene.extract_mesh(resolution=mesh_resolution), size, fov_deg or scene.fov_deg)
 
-    @staticmethod
-    def available() -> bool:
-        try:
-            from core.data.render import Renderer
-            Renderer(8).release()
-            return True
-        except Exception:  # noqa: BLE001 - no EGL, no moderngl: the caller falls back
-            return False
-
-    def render(self, w2c) -> GuideFrame:
+    def render(self, w2c) -> RenderResult:
         problems = cameras.validate_w2c(w2c, look_at_tol_deg=180.0)
         if problems:
             raise cameras.CameraError(f"guide camera: {'; '.join(problems)}")
-        r = self.renderer.render(np.asarray(w2c, np.float64))
-        return GuideFrame(r.image, r.alpha, r.depth)
+        return self.renderer.render(np.asarray(w2c, np.float64))
 
     def close(self) -> None:
         self.renderer.release()

@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core import cameras
+from core import cameras, metrics
 from core.data.io import composite_on_white, resize_area
 
 PHOTO_MAX_SIDE = 512     # photos are kept at most this size for projection (the detail a 2 s lift can use)
 GRAZING_COS = (0.15, 0.5)  # weight 0 below the first cosine (view nearly edge-on), 1 above the second
 DEPTH_TOLERANCE = 0.04   # world units (objects span ~1): a point this far behind the view's depth is hidden
-WHITE_THRESHOLD = 6      # an RGB photo's pixel is object where some channel is this far below 255
 
 
 @dataclass
@@ -46,9 +45,10 @@ def photo_tensors(image: Image.Image, max_side: int = PHOTO_MAX_SIDE) -> tuple[t
         alpha = np.asarray(resize_area(image.getchannel("A"), side), np.float32) / 255
     else:
         alpha = None
-    rgb = np.asarray(resize_area(composite_on_white(image), side), np.float32) / 255
+    on_white = resize_area(composite_on_white(image), side)
     if alpha is None:
-        alpha = ((1 - rgb).max(-1) * 255 > WHITE_THRESHOLD).astype(np.float32)
+        alpha = metrics.object_mask(on_white).astype(np.float32)
+    rgb = np.asarray(on_white, np.float32) / 255
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), torch.from_numpy(alpha)[None]
 
 
