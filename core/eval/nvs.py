@@ -9,6 +9,14 @@ beyond the contract) scores the source scaled by r_source / r_target about the o
 centre: what the camera distance alone explains (``NVSConfig.distance_zoom``).
 ``--samples N`` scores the pixel mean of N sampled views per camera (``NVSPipeline``'s
 posterior-mean estimate) instead of one sample; the JSON's ``settings`` records N.
+
+``silhouette_iou`` scores the prediction's object mask (its not-white pixels) against the
+ground-truth alpha, as the reconstruction eval does; the baselines get the same. With a
+reconstruction model (``--recon-checkpoint``, default the shipped one; ``--no-guide`` skips it)
+each source is lifted once and ``guide_*`` score the guide alone (the lifted object rasterised at
+each target camera, ``core.nvs.guide``) as the prediction: what the app shows first, and what a
+guide model is conditioned on. A photo that cannot be lifted scores its guide as an empty (white)
+view and counts in ``guide_failures``.
 """
 from __future__ import annotations
 
@@ -54,6 +62,9 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
     R = pipe.resolution
     per, P, S, BP, BS, Z, secs, nviews = {}, [], [], [], [], [], 0.0, 0
     SP, SS = [], []
+    ious = {k: [] for k in ("silhouette_iou", "baseline_copy_silhouette_iou", "baseline_scaled_copy_silhouette_iou")}
+    G = {k: [] for k in ("guide_psnr", "guide_ssim", "guide_silhouette_iou")}
+    guide_failures = 0
     it = objs
     if progress:
         from tqdm import tqdm
@@ -64,7 +75,7 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
             continue
         src = read_view(o.folder, source_view, R, fov_deg=o.fov_deg, extras=True)
         targets = [v for v in o.views if v != source_view][:max_views]
-        gts = [read_view(o.folder, v, R, fov_deg=o.fov_deg, extras=False) for v in targets]
+        gts = [read_view(o.folder, v, R, fov_deg=o.fov_deg, extras=True) for v in targets]
         t0 = time.perf_counter()
         handle = pipe.encode_source(src.image, src.w2c, o.fov_deg,
                                     embedding=src.embedding if pipe.model.config.embedder != "cnn" else None)
@@ -77,19 +88,37 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
         ss = [metrics.ssim(p, g.image) for p, g in zip(preds, gts)]
         bp = [metrics.psnr(src.image, g.image) for g in gts]
         bs = [metrics.ssim(src.image, g.image) for g in gts]
-        scaled = scaled_copy(src, gts, src.fov_deg)
+        src_mask = metrics.object_mask(src.image, src.alpha)
+        scaled, scaled_masks = scaled_copy(src, gts, src.fov_deg, mask=src_mask)
         sp = [metrics.psnr(c, g.image) for c, g in zip(scaled, gts)]
         sc = [metrics.ssim(c, g.image) for c, g in zip(scaled, gts)]
+        gt_masks = [metrics.object_mask(g.image, g.alpha) for g in gts]
+        iou = {"silhouette_iou": [metrics.silhouette_iou(metrics.object_mask(p), m) for p, m in zip(preds, gt_masks)],
+               "baseline_copy_silhouette_iou": [metrics.silhouette_iou(src_mask, m) for m in gt_masks],
+               "baseline_scaled_copy_silhouette_iou": [metrics.silhouette_iou(a, m) for a, m in zip(scaled_masks, gt_masks)]}
         rec = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "baseline_copy_psnr": float(np.mean(bp)),
                "baseline_copy_ssim": float(np.mean(bs)), "baseline_scaled_copy_psnr": float(np.mean(sp)),
-               "baseline_scaled_copy_ssim": float(np.mean(sc)), "n_views": len(preds), "views": targets}
+               "baseline_scaled_copy_ssim": float(np.mean(sc)), **{k: float(np.mean(v)) for k, v in iou.items()},
+               "n_views": len(preds), "views": targets}
+        for k, v in iou.items():
+            ious[k] += v
+        if pipe.recon is not None:
+            g = guide_scores(pipe, handle, gts, gt_masks)
+            rec.update({k: float(np.mean(v)) for k, v in g.items()})
+            if handle.guide is None:
+                guide_failures += 1
+                rec["guide_note"] = handle.guide_note
+            for k, v in g.items():
+                G[k] += v
         if zero_pose:
             z = pipe.generate(handle, None, [src.w2c], sampling)[0]
             rec["zero_pose_psnr"] = metrics.psnr(z, src.image)
             Z.append(rec["zero_pose_psnr"])
         per[o.folder.name] = rec
         if figure_rows is not None and len(figure_rows) < figure_objects:
-            figure_rows.append((src.image, [(p, g.image) for p, g in zip(preds, gts)]))
+            guides = [handle.guide.render(g.w2c).image if handle.guide is not None else None for g in gts] \
+                if pipe.recon is not None else [None] * len(gts)
+            figure_rows.append((src.image, [(p, g.image, gd) for p, g, gd in zip(preds, gts, guides)]))
         P += ps
         S += ss
         BP += bp
@@ -100,29 +129,55 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
         raise DataError(f"{data}: no object had source view {source_view} and another view")
     out = {"psnr": float(np.mean(P)), "ssim": float(np.mean(S)), "baseline_copy_psnr": float(np.mean(BP)),
            "baseline_copy_ssim": float(np.mean(BS)), "baseline_scaled_copy_psnr": float(np.mean(SP)),
-           "baseline_scaled_copy_ssim": float(np.mean(SS)), "seconds_per_view": secs / max(nviews, 1),
-           "n_objects": len(per), "n_views": nviews}
+           "baseline_scaled_copy_ssim": float(np.mean(SS)), **{k: float(np.mean(v)) for k, v in ious.items()},
+           "seconds_per_view": secs / max(nviews, 1), "n_objects": len(per), "n_views": nviews}
+    if pipe.recon is not None:
+        out.update({k: float(np.mean(v)) for k, v in G.items()})
+        out["guide_failures"] = guide_failures
     if Z:
         out["zero_pose_psnr"] = float(np.mean(Z))
-    out["settings"] = {"source_view": source_view, **sampling.to_dict(), "resolution": R}
+    out["settings"] = {"source_view": source_view, **sampling.to_dict(), "resolution": R,
+                       "guided_model": pipe.model.config.guide, "guide": pipe.recon is not None}
     out["per_object"] = per
     return out
 
 
+def guide_scores(pipe, handle, gts, gt_masks) -> dict[str, list[float]]:
+    """The guide alone as the prediction at each ground-truth camera (an empty view when the
+    source could not be lifted)."""
+    out = {"guide_psnr": [], "guide_ssim": [], "guide_silhouette_iou": []}
+    R = pipe.resolution
+    for g, m in zip(gts, gt_masks):
+        if handle.guide is not None:
+            r = handle.guide.render(g.w2c)
+            img, mask = r.image, r.alpha > 127
+        else:
+            img, mask = np.full((R, R, 3), 255, np.uint8), np.zeros((R, R), bool)
+        out["guide_psnr"].append(metrics.psnr(img, g.image))
+        out["guide_ssim"].append(metrics.ssim(img, g.image))
+        out["guide_silhouette_iou"].append(metrics.silhouette_iou(mask, m))
+    return out
+
+
 def make_figure(rows, path, max_views: int = 4) -> None:
-    """Grid: each row is one object: source, then generated / ground-truth pairs."""
+    """Grid: each row is one object: source, then per view (guide,) generated, ground truth."""
     from PIL import Image, ImageDraw
     R = rows[0][0].size[0]
-    cols = 1 + 2 * min(max_views, max(len(r[1]) for r in rows))
+    with_guide = any(t[2] is not None for _, views in rows for t in views)
+    names = (["guide"] if with_guide else []) + ["generated", "ground truth"]
+    n = min(max_views, max(len(r[1]) for r in rows))
+    cols = 1 + len(names) * n
     fig = Image.new("RGB", (cols * R, len(rows) * R + 14), "white")
     d = ImageDraw.Draw(fig)
-    for j, name in enumerate(["source"] + ["generated", "ground truth"] * ((cols - 1) // 2)):
+    for j, name in enumerate(["source"] + names * n):
         d.text((j * R + 3, 1), name, fill=(0, 0, 0))
-    for i, (src, pairs) in enumerate(rows):
+    for i, (src, views) in enumerate(rows):
         fig.paste(src, (0, 14 + i * R))
-        for k, (p, g) in enumerate(pairs[:max_views]):
-            fig.paste(p, ((1 + 2 * k) * R, 14 + i * R))
-            fig.paste(g, ((2 + 2 * k) * R, 14 + i * R))
+        for k, (p, g, gd) in enumerate(views[:max_views]):
+            tiles = ([gd] if with_guide else []) + [p, g]
+            for j, im in enumerate(tiles):
+                if im is not None:
+                    fig.paste(im, ((1 + len(names) * k + j) * R, 14 + i * R))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.save(path)
 
@@ -142,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
     ap.add_argument("--figure", default=None, help="also write a PNG grid of source / generated / ground truth")
+    ap.add_argument("--recon-checkpoint", default="checkpoints/recon",
+                    help="reconstruction model that lifts each source for the guide (guide_* scores; a guide model's "
+                         "own pairing is checked)")
+    ap.add_argument("--no-guide", action="store_true", help="no lift: skip the guide_* scores (an unguided model only)")
     ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
@@ -152,8 +211,13 @@ def main(argv=None) -> int:
     rows = [] if a.figure else None
     try:
         sampling = SamplingParams.from_args(a)  # a bad knob is refused before the models load
+        recon = None if a.no_guide else a.recon_checkpoint
+        if recon is not None and not (Path(recon) / "config.json").is_file():
+            raise FileNotFoundError(f"--recon-checkpoint {recon}: no config.json there (or pass --no-guide)")
         pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer, device=a.device,
-                                           clip_weights=a.clip_weights)
+                                           clip_weights=a.clip_weights, recon=recon)
+        if a.no_guide and pipe.model.config.guide:
+            raise ValueError(f"{a.checkpoint} is a guide model: it needs its reconstruction model (drop --no-guide)")
         res = evaluate(pipe, a.data, sampling, a.source_view, a.max_objects, zero_pose=not a.no_zero_pose,
                        max_views=a.max_views, progress=True, split=a.split, figure_rows=rows)
         if a.figure and rows:

@@ -30,6 +30,16 @@ class NVSConfig:
     the pipeline applies the distance change as an image scale about the object's centre.
     Moving a camera along its ray through the object is, to first order, a zoom; a small model
     did not learn that from ``d_r`` (its views kept the source's size), geometry gives it exactly.
+
+    ``guide`` (ours, off for imports and today's checkpoints): the 3-D anchor. The photo lifted by
+    the reconstruction model and rasterised at the target camera (``core.nvs.guide``) is tokenised
+    and enters as a second prefix of L tokens aligned with the target grid (its own level and
+    position embeddings, started equal to the target's), encoded per target under the target's
+    condition; a second gate adds to the logit of the guide's token at the same place, so the model
+    can copy what the lifted object already shows and generate the rest. ``guide_drop_rate``
+    nulls the guide alone for that share of training samples, so the model also works without one
+    (the fallback when a photo cannot be lifted). ``recon_hash`` names the reconstruction model
+    whose guides it was trained on (``core.nvs.guide.recon_fingerprint``; a mismatch is refused).
     """
     depth: int = 4
     width: int = 256
@@ -41,6 +51,9 @@ class NVSConfig:
     prefix_cond: str = "source"
     copy_gate: bool = False               # pointer-style copy of the source token at the same place (ours)
     distance_zoom: bool = False           # camera distance applied as an image scale, not by the model (ours)
+    guide: bool = False                   # the lifted object rendered at the target camera, a second prefix (ours)
+    guide_drop_rate: float = 0.1          # share of samples trained with the guide nulled alone
+    recon_hash: str = ""                  # reconstruction model the guides came from (guide models)
     # tokenizer it was trained with (checked at load: a mismatched pair is refused)
     vocab_size: int = 1024
     latent_dim: int = 32
@@ -72,10 +85,17 @@ class NVSConfig:
             raise ValueError(f"prefix_cond {self.prefix_cond!r} must be one of {PREFIX_CONDS}")
         if not 0.0 <= self.cond_drop_rate < 1.0:
             raise ValueError(f"cond_drop_rate {self.cond_drop_rate} must be in [0, 1)")
+        if not 0.0 <= self.guide_drop_rate < 1.0:
+            raise ValueError(f"guide_drop_rate {self.guide_drop_rate} must be in [0, 1)")
 
     @property
     def num_tokens(self) -> int:
         return sum(p * p for p in self.patch_nums)
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens before the target: the source's, and the guide's when there is one."""
+        return self.num_tokens * (2 if self.guide else 1)
 
     @property
     def num_scales(self) -> int:

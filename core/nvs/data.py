@@ -4,6 +4,13 @@ Encoding dominates a training step on a CPU, so each object folder becomes one `
 under ``<cache>/<tokenizer fingerprint>/<split>/``: multi-scale indices of every view
 (concatenated, coarse first), poses, FOV, the views at the learned encoder's input size,
 and ``{i}e.npy`` embeddings when the folder has them. A new tokenizer gets a new folder.
+
+A guide model (``NVSConfig.guide``) also needs, per training pair, the guide: the photo of
+the source view lifted by the reconstruction model and rasterised at the target camera, then
+tokenised. ``build_guides`` writes those once per corpus, tokenizer and reconstruction model
+(``<cache>/<tokenizer>/guides-<recon fingerprint>[-zoom]/<split>/``): for a few source views of
+each object, the guide's tokens at every view of it. Guides come from the model's prediction
+from the source view alone, never from the ground-truth mesh, so training sees what inference sees.
 """
 from __future__ import annotations
 
@@ -66,6 +73,82 @@ class TokenObject:
     views: list[str]
 
 
+def guide_dir(root: str | Path, tok_hash: str, recon_hash: str, zoom: bool, split: str) -> Path:
+    return Path(root) / tok_hash / f"guides-{recon_hash}{'-zoom' if zoom else ''}" / split
+
+
+def guide_sources(n_views: int, per_object: int, name: str) -> list[int]:
+    """The views of an object whose lifts are cached: a stable sample of ``per_object`` of them."""
+    rng = random.Random(f"guide:{name}")
+    return sorted(rng.sample(range(n_views), min(per_object, n_views)))
+
+
+@torch.no_grad()
+def build_guides(data, split: str, tok, recon, out: Path, per_object: int = 2, zoom: bool = False,
+                 max_objects: int | None = None, progress: bool = True) -> dict:
+    """Guides of every (cached source view, view) pair of each object not cached yet -> counts.
+
+    Each source view is lifted by ``recon`` (a ``ReconPipeline``, photo projection on) and meshed
+    once; the mesh is rasterised at every view's camera (``zoom``: moved to the source's distance,
+    as a distance_zoom model's targets are) and tokenised. A view that cannot be lifted is stored
+    as not ok and never sampled as a source."""
+    from tqdm import tqdm
+    from core.nvs.guide import lift_guide
+    objs = index_objects(data, split, report=lambda m: print(f"skip: {m}"))[:max_objects]
+    out.mkdir(parents=True, exist_ok=True)
+    R, done, failed = tok.config.resolution, 0, 0
+    for o in tqdm(objs, desc=f"guides {split}", disable=not progress):
+        dst = out / f"{o.folder.name}.npz"
+        if dst.is_file():
+            continue
+        srcs = guide_sources(len(o.views), per_object, o.folder.name)
+        try:
+            views = [read_view(o.folder, v, R, fov_deg=o.fov_deg, extras=False) for v in o.views]
+        except DataError as e:
+            print(f"skip: {e}")
+            continue
+        tokens = np.zeros((len(srcs), len(views), sum(p * p for p in tok.config.patch_nums)), np.int16)
+        ok = np.zeros(len(srcs), bool)
+        for i, s in enumerate(srcs):
+            guide, note = lift_guide(recon, views[s].image, views[s].w2c, o.fov_deg, R)
+            if guide is None:
+                failed += 1
+                continue
+            cams = [cameras.at_source_distance(views[s].w2c, v.w2c)[0] if zoom else v.w2c for v in views]
+            x = torch.stack([image_to_tensor(guide.render(c).image) for c in cams]).to(tok.device)
+            guide.close()
+            tokens[i] = torch.cat(tok.encode_indices(x), 1).cpu().numpy()
+            ok[i] = True
+        tmp = dst.with_suffix(".tmp.npz")
+        np.savez(tmp, sources=np.array(srcs), tokens=tokens, ok=ok)
+        tmp.replace(dst)
+        done += 1
+    return {"objects": done, "failed_lifts": failed}
+
+
+@dataclass
+class GuideSet:
+    """One object's cached guides: ``tokens[i, t]`` is the guide of source view ``sources[i]`` at view t."""
+    sources: np.ndarray
+    tokens: np.ndarray
+    ok: np.ndarray
+
+    def usable(self) -> list[int]:
+        return [int(s) for s, k in zip(self.sources, self.ok) if k]
+
+    def of(self, s: int, t: int) -> np.ndarray:
+        return self.tokens[list(self.sources).index(s), t]
+
+
+def load_guides(folder: Path) -> dict[str, GuideSet]:
+    out = {}
+    for f in sorted(Path(folder).glob("*.npz")):
+        if not f.name.endswith(".tmp.npz"):
+            with np.load(f) as z:
+                out[f.stem] = GuideSet(z["sources"], z["tokens"], z["ok"])
+    return out
+
+
 def load_cached(folder: Path, skip: set[str] | None = None) -> list[TokenObject]:
     """Cached objects in ``folder`` (those named in ``skip`` are left out: already loaded)."""
     out = []
@@ -114,10 +197,12 @@ class PairSampler:
     DistanceZoom) every target is seen from the source's distance."""
 
     def __init__(self, objects: list[TokenObject], zero_pose_rate: float = 0.15, seed: int | None = None,
-                 zoom: DistanceZoom | None = None):
+                 zoom: DistanceZoom | None = None, guides: dict[str, GuideSet] | None = None):
+        if guides is not None:  # a guide model trains only on sources with a cached lift
+            objects = [o for o in objects if o.name in guides and guides[o.name].usable()]
         if not objects:
-            raise DataError("no tokenised objects")
-        self.objects, self.zero_pose_rate, self.zoom = objects, zero_pose_rate, zoom
+            raise DataError("no tokenised objects" + (" with cached guides" if guides is not None else ""))
+        self.objects, self.zero_pose_rate, self.zoom, self.guides = objects, zero_pose_rate, zoom, guides
         self.rng = random.Random(seed)
 
     def pairs(self, n: int, targets_per_source: int = 1) -> list[tuple[int, int, int]]:
@@ -127,7 +212,8 @@ class PairSampler:
         for _ in range(max(1, n // k)):
             o = self.rng.randrange(len(self.objects))
             V = len(self.objects[o].views)
-            s = self.rng.randrange(V)
+            s = self.rng.choice(self.guides[self.objects[o].name].usable()) if self.guides is not None \
+                else self.rng.randrange(V)
             for _ in range(k):
                 t = s if self.rng.random() < self.zero_pose_rate else self.rng.choice([v for v in range(V) if v != s])
                 out.append((o, s, t))
@@ -150,6 +236,9 @@ class PairSampler:
                  small=(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device))
         if all(objs[o].emb is not None for o, _, _ in pairs):
             b["emb"] = torch.from_numpy(np.stack([objs[o].emb[s] for o, s, _ in pairs])).to(device)
+        if self.guides is not None:
+            g = np.stack([self.guides[objs[o].name].of(s, t) for o, s, t in pairs]).astype(np.int64)
+            b["guide"] = torch.from_numpy(g).to(device)
         return b
 
 

@@ -9,6 +9,8 @@ model is conditioned on and what the app shows first after a camera move.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from core import cameras
@@ -43,3 +45,27 @@ class Guide:
 
     def close(self) -> None:
         self.renderer.release()
+
+
+def recon_fingerprint(recon) -> str:
+    """Hash of a reconstruction model's weights (a ``ReconPipeline`` or its module): the guides a
+    guide model was trained on came from exactly these (``NVSConfig.recon_hash``)."""
+    model = getattr(recon, "model", recon)
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v.detach().float().cpu().numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def lift_guide(recon, image, w2c, fov_deg: float, size: int) -> tuple["Guide | None", str]:
+    """(guide, "") for a photo the reconstruction can lift, else (None, why not): a photo with no
+    object, or a field with no surface, leaves the caller on its unguided path with a note."""
+    from core.data.render import MeshError as EmptyMeshError
+    from core.mesh import MeshError
+    from core.recon.pipeline import ReconInputError
+    try:
+        scene = recon.reconstruct(image, np.asarray(w2c, np.float64), fov_deg)
+        return Guide.from_scene(scene, size, fov_deg), ""
+    except (ReconInputError, MeshError, EmptyMeshError, cameras.CameraError) as e:
+        return None, f"no 3-D guide for this photo ({e}); views come from the photo alone"

@@ -3,10 +3,13 @@
 Sequence = [source prefix: L tokens][target: L tokens, coarse scale first]. The prefix is
 the source view's multi-scale codebook vectors (shared ``word_embed`` plus its own
 ``xlvl_embed``/``xpos_1LC``) and attends only to itself, bidirectionally. Target tokens of
-scale s see the whole prefix and target scales <= s (block-causal). The global condition
+scale s see the whole prefix and target scales <= s (block-causal). A ``guide`` model (ours, see ``NVSConfig``) has a second prefix between them:
+the guide's L tokens (the lifted object rendered at the target camera, tokenised), encoded per
+target under the target's condition, attending only to themselves. The global condition
 ``emb_linear(pose_embed([image embedding, relative pose]))`` is the AdaLN input of every
 block and the start token; there is no AdaLN before the head. With ``copy_gate`` (ours, see
-``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place.
+``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place; ``guide`` adds a second gate for the
+guide's token at the same place.
 
 Parameter names follow ArchonView's ``models/var.py`` / ``basic_var.py`` so its published
 weights map over by name (see ``importer.py``).
@@ -157,6 +160,10 @@ class NVSTransformer(nn.Module, Pretrained):
         self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
         self.head = nn.Linear(C, cfg.vocab_size)
         self.copy_gate = nn.Linear(C, 1) if cfg.copy_gate else None
+        if cfg.guide:  # the guide prefix: shared word_embed, its own level/position embeddings, its own gate
+            self.glvl_embed = nn.Embedding(cfg.num_scales, C)
+            self.gpos_1LC = nn.Parameter(torch.randn(1, L, C) * std)
+            self.guide_gate = nn.Linear(C, 1)
         lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(cfg.patch_nums)])
         self.register_buffer("lvl_1L", lvl[None], persistent=False)
         self.begin_ends = [(sum(p * p for p in cfg.patch_nums[:i]), sum(p * p for p in cfg.patch_nums[:i + 1]))
@@ -184,12 +191,24 @@ class NVSTransformer(nn.Module, Pretrained):
         if self.copy_gate is not None:  # starts as the plain model; the gate is learned
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.zeros_(self.copy_gate.bias)
+        if self.config.guide:
+            self.align_guide_embeddings()
         C, depth = self.config.width, self.config.depth
         for b in self.blocks:
             b.attn.proj.weight.data.div_(math.sqrt(2 * depth))
             b.ffn.fc2.weight.data.div_(math.sqrt(2 * depth))
             b.ada_lin[-1].weight.data[2 * C:].mul_(init_adaln)
             b.ada_lin[-1].weight.data[:2 * C].mul_(init_adaln_gamma)
+
+    @torch.no_grad()
+    def align_guide_embeddings(self) -> None:
+        """Guide level/position embeddings := the target's, the guide gate := 0: the guide token at a
+        place starts out looking like "the target's token here" (call after loading an unguided
+        model's weights into a guide model). The gate starts shut; training opens it."""
+        self.gpos_1LC.copy_(self.pos_1LC)
+        self.glvl_embed.weight.copy_(self.lvl_embed.weight)
+        nn.init.zeros_(self.guide_gate.weight)
+        nn.init.zeros_(self.guide_gate.bias)
 
     # ------------------------------------------------------------------ conditions
     def embed_image(self, img: torch.Tensor) -> torch.Tensor:
@@ -222,6 +241,18 @@ class NVSTransformer(nn.Module, Pretrained):
         """Source codebook vectors [B, L, Cvae] -> prefix tokens [B, L, C]."""
         return self.word_embed(src_codes) + self.xlvl_embed(self.lvl_1L) + self.xpos_1LC
 
+    def embed_guide(self, guide_codes: torch.Tensor) -> torch.Tensor:
+        """Guide codebook vectors [B, L, Cvae] -> guide prefix tokens [B, L, C]."""
+        return self.word_embed(guide_codes) + self.glvl_embed(self.lvl_1L) + self.gpos_1LC
+
+    def encode_guide(self, guide_codes: torch.Tensor, cond: torch.Tensor, off: torch.Tensor | None = None) -> list[KV]:
+        """Keys/values of the guide prefix, one per target (``cond`` its AdaLN condition); rows where
+        ``off`` [B] is True get the null prefix (no guide: dropped in training, or none to give)."""
+        g = self.embed_guide(guide_codes)
+        if off is not None:
+            g = torch.where(off[:, None, None], self.null_prefix(g.shape[0]).to(g.dtype), g)
+        return self.encode_prefix(g, cond)
+
     def null_prefix(self, B: int) -> torch.Tensor:
         return self.null_token.expand(B, self.config.num_tokens, -1)
 
@@ -241,7 +272,7 @@ class NVSTransformer(nn.Module, Pretrained):
         ed = self.begin_ends[(upto or self.config.num_scales) - 1][1]
         lvl = self.lvl_1L[0, :ed]
         causal = lvl[None, :] <= lvl[:, None]
-        return torch.cat((torch.ones(ed, self.config.num_tokens, dtype=torch.bool, device=lvl.device), causal), 1)
+        return torch.cat((torch.ones(ed, self.config.prefix_len, dtype=torch.bool, device=lvl.device), causal), 1)
 
     # ------------------------------------------------------------------ running the blocks
     def encode_prefix(self, prefix: torch.Tensor, cond_p: torch.Tensor) -> list[KV]:
@@ -267,23 +298,29 @@ class NVSTransformer(nn.Module, Pretrained):
         return x, new
 
     def logits(self, h: torch.Tensor, src_idx: torch.Tensor | None = None, start: int = 0,
-               use_copy: torch.Tensor | None = None) -> torch.Tensor:
+               use_copy: torch.Tensor | None = None, guide_idx: torch.Tensor | None = None,
+               use_guide: torch.Tensor | None = None) -> torch.Tensor:
         """Head logits [B, T, V] of target tokens ``start .. start+T``. With the copy gate and
         ``src_idx`` [B, L] (the source's token indices), each token's gate value is added to
         the logit of the source token at the same index; ``use_copy`` [B] bool switches it off
-        for rows without a source (the unconditional branch)."""
+        for rows without a source (the unconditional branch). ``guide_idx`` / ``use_guide``: the
+        same for the guide gate and the guide's tokens."""
         out = self.head(h).float()
-        if self.copy_gate is None or src_idx is None:
-            return out
-        g = self.copy_gate(h).float()
-        if use_copy is not None:
-            g = g * use_copy.to(g.dtype)[:, None, None]
-        idx = src_idx[:, start:start + h.shape[1]].long()
-        return out.scatter_add(-1, idx[..., None], g)
+        for gate, idx, use in ((self.copy_gate, src_idx, use_copy),
+                               (getattr(self, "guide_gate", None), guide_idx, use_guide)):
+            if gate is None or idx is None:
+                continue
+            g = gate(h).float()
+            if use is not None:
+                g = g * use.to(g.dtype)[:, None, None]
+            out = out.scatter_add(-1, idx[:, start:start + h.shape[1]].long()[..., None], g)
+        return out
 
     def forward(self, emb: torch.Tensor, rel_pose: torch.Tensor, src_codes: torch.Tensor, x_tf: torch.Tensor,
                 drop: torch.Tensor | None = None, targets_per_source: int = 1,
-                src_idx: torch.Tensor | None = None, scales: int | None = None) -> torch.Tensor:
+                src_idx: torch.Tensor | None = None, scales: int | None = None,
+                guide_idx: torch.Tensor | None = None, guide_codes: torch.Tensor | None = None,
+                guide_off: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [B, L, V] for B targets.
 
         emb [Bs,E] image embedding and src_codes [Bs,L,Cvae] source codebook vectors, one per
@@ -296,7 +333,10 @@ class NVSTransformer(nn.Module, Pretrained):
         Bernoulli(cond_drop_rate), so CFG's branch is trained. src_idx [Bs, L]: the source's
         token indices, needed by the copy gate (dropped sources do not copy). ``scales``: only
         the first this many target scales (logits [B, T, V], T their token count); the forward
-        stops there, so coarse-scale training costs a fraction of a full step.
+        stops there, so coarse-scale training costs a fraction of a full step. A guide model
+        takes ``guide_idx`` [B, L] and ``guide_codes`` [B, L, Cvae], one per target; ``guide_off``
+        [B] bool nulls the guide alone (training default: Bernoulli(guide_drop_rate)); a dropped
+        source's targets have no guide either.
         """
         k, B = int(targets_per_source), rel_pose.shape[0]
         Bs = emb.shape[0]
@@ -308,6 +348,12 @@ class NVSTransformer(nn.Module, Pretrained):
         if self.copy_gate is not None and (src_idx is None or tuple(src_idx.shape) != (Bs, self.config.num_tokens)):
             raise ValueError(f"copy_gate needs src_idx [{Bs}, {self.config.num_tokens}] (the source's token indices), "
                              f"got {None if src_idx is None else tuple(src_idx.shape)}")
+        L = self.config.num_tokens
+        if self.config.guide and (guide_idx is None or guide_codes is None or tuple(guide_idx.shape) != (B, L)
+                                  or tuple(guide_codes.shape[:2]) != (B, L)):
+            raise ValueError(f"a guide model needs guide_idx [{B}, {L}] and guide_codes [{B}, {L}, Cvae], got "
+                             f"{None if guide_idx is None else tuple(guide_idx.shape)} / "
+                             f"{None if guide_codes is None else tuple(guide_codes.shape)}")
         n_scales = self.config.num_scales if scales is None else int(scales)
         if not 1 <= n_scales <= self.config.num_scales:
             raise ValueError(f"scales must be in 1..{self.config.num_scales}, got {scales!r}")
@@ -324,10 +370,20 @@ class NVSTransformer(nn.Module, Pretrained):
         kv = self.encode_prefix(prefix, cond_p)
         if k > 1:
             kv = [(pk.repeat_interleave(k, 0), pv.repeat_interleave(k, 0)) for pk, pv in kv]
+        use_guide = None
+        if self.config.guide:
+            if guide_off is None:
+                guide_off = (torch.rand(B, device=emb.device) < self.config.guide_drop_rate) if self.training \
+                    else torch.zeros(B, dtype=torch.bool, device=emb.device)
+            off = guide_off | d[:, 0]
+            gkv = self.encode_guide(guide_codes.to(prefix.dtype), cond, off)
+            kv = [(torch.cat((pk, gk), 2), torch.cat((pv, gv), 2)) for (pk, pv), (gk, gv) in zip(kv, gkv)]
+            use_guide = ~off
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf[:, :T - self.first_l])
                        + self.lvl_embed(self.lvl_1L[:, self.first_l:T]) + self.pos_1LC[:, self.first_l:T]), dim=1)
         h, _ = self.run(x, self.modulations(cond), kv, self.target_mask(n_scales))
-        return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0])
+        return self.logits(h, None if src_idx is None else src_idx.repeat_interleave(k, 0), 0, ~d[:, 0],
+                           guide_idx, use_guide)
 
     def param_groups(self, lr: float, weight_decay: float, pose_lr_mult: float = 10.0) -> list[dict]:
         """AdamW groups: no decay on norms/biases/embeddings; the pose path at ``pose_lr_mult`` x lr."""

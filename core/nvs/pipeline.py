@@ -13,6 +13,12 @@ that minimises expected squared error (so PSNR), softer than any one sample. N=1
 Underneath, ``prepare`` turns a source and cameras into a ``SampleBatch`` (conditions, seeds,
 zoom: everything the sampler needs, no closures), ``prefix_kv`` gives its cached prefix and
 ``sample`` runs the next-scale sampler over it: the seam the benchmark times.
+
+With a reconstruction model (``recon=``; a ``guide`` model loads its own) the source is also
+lifted once (``core.nvs.guide``): ``stream`` then yields the guide, the lifted object rasterised
+at the target camera, as its first frame (scale 0) before sampling starts, and a guide model is
+conditioned on that guide's tokens. A photo that cannot be lifted leaves ``handle.guide_note``
+and the unguided path (a guide model with its guide nulled, as trained).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from core.checkpoint import CheckpointError
 from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image, zoom_images
 from core.nvs.config import NVSConfig
 from core.nvs.model import KV, NVSTransformer
-from core.nvs.sampling import SamplingError, SamplingParams, cat_kv, expand_kv, next_scale_sample
+from core.nvs.sampling import SamplingError, SamplingParams, cat_kv, cat_kv_time, expand_kv, next_scale_sample
 
 __all__ = ["NVSPipeline", "Frame", "SourceHandle", "SampleBatch", "DistanceZoomPlan", "SamplingParams", "SamplingError",
            "check_camera", "check_pair", "tokenizer_fingerprint"]
@@ -42,11 +48,15 @@ __all__ = ["NVSPipeline", "Frame", "SourceHandle", "SampleBatch", "DistanceZoomP
 @dataclass
 class Frame:
     image: Image.Image
-    scale: int              # 1-based index of the scale just finished
+    scale: int              # 1-based index of the scale just finished; 0: the guide (before any scale)
     num_scales: int
     elapsed_s: float        # since the call started
     is_final: bool
-    timings: dict = field(default_factory=dict)  # cumulative seconds: sample_s, decode_s
+    timings: dict = field(default_factory=dict)  # cumulative seconds: sample_s, decode_s (guide_s)
+
+    @property
+    def is_guide(self) -> bool:
+        return self.scale == 0
 
 
 @dataclass
@@ -59,6 +69,8 @@ class SourceHandle:
     codes: torch.Tensor                 # [1, L, Cvae] codebook vectors of the source tokens
     embedding: torch.Tensor             # [1, E]
     prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
+    guide: object | None = None         # core.nvs.guide.Guide of the lifted source (None: no recon, or no lift)
+    guide_note: str = ""                # why there is no guide when a lift was tried and failed
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,8 @@ class SampleBatch:
     n_cameras: int
     samples: int
     src_idx: torch.Tensor | None = None   # [rows, L] source tokens for a copy-gate model
+    guide_idx: torch.Tensor | None = None  # [rows, L] guide tokens (guide model with a guide)
+    guide_codes: torch.Tensor | None = None  # [rows, L, Cvae] their codebook vectors
     zoom: DistanceZoomPlan | None = None
 
     @property
@@ -142,9 +156,23 @@ def _pairs(cfg: NVSConfig, tok) -> bool:
         return False
 
 
+def check_recon_pair(cfg: NVSConfig, recon, nvs_name: str = "NVS model", recon_name: str = "reconstruction model") -> None:
+    """A guide model runs only with the reconstruction model whose guides it was trained on."""
+    from core.nvs.guide import recon_fingerprint
+    if cfg.guide and cfg.recon_hash:
+        fp = recon_fingerprint(recon)
+        if fp != cfg.recon_hash:
+            raise CheckpointError(f"mismatched reconstruction/NVS pair: {nvs_name} was trained on the guides of "
+                                  f"reconstruction {cfg.recon_hash}, {recon_name} is {fp}")
+
+
 class NVSPipeline:
-    def __init__(self, model: NVSTransformer, tokenizer, device="cpu", embedder=None, autocast: bool | None = None):
+    def __init__(self, model: NVSTransformer, tokenizer, device="cpu", embedder=None, autocast: bool | None = None,
+                 recon=None):
         check_pair(model.config, tokenizer)
+        if recon is not None:
+            check_recon_pair(model.config, recon)
+        self.recon = recon  # ReconPipeline: lifts each source for the guide (None: no guide)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tok = tokenizer.to(self.device).eval()
@@ -162,10 +190,23 @@ class NVSPipeline:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, folder, tokenizer=None, device="cpu", clip_weights=None, autocast=None) -> "NVSPipeline":
+    def from_pretrained(cls, folder, tokenizer=None, device="cpu", clip_weights=None, autocast=None,
+                        recon=None) -> "NVSPipeline":
+        """``recon``: a ReconPipeline or its folder for the guide; a guide model defaults to
+        ``folder/recon`` else a sibling ``checkpoints/recon``; an unguided one to none."""
         from core.tokenizer import MultiScaleVQVAE
         folder = Path(folder)
         model = NVSTransformer.from_pretrained(folder)
+        if recon is None and model.config.guide:
+            recon = next((c for c in (folder / "recon", folder.parent / "recon") if (c / "config.json").is_file()), None)
+            if recon is None:
+                raise CheckpointError(f"{folder} is a guide model: its reconstruction checkpoint was not found at "
+                                      f"{folder / 'recon'} or {folder.parent / 'recon'} (pass recon=<folder>)")
+        if isinstance(recon, (str, Path)):
+            from core.recon.pipeline import ReconPipeline
+            recon_dir = Path(recon)
+            recon = ReconPipeline.from_pretrained(recon_dir, device=device)
+            check_recon_pair(model.config, recon, str(folder), str(recon_dir))
         if isinstance(tokenizer, (str, Path)) or tokenizer is None:
             # explicit folder, else OUT/tokenizer (imported bundles), else a sibling checkpoints/tokenizer
             cands = [Path(tokenizer)] if tokenizer is not None else [folder / "tokenizer", folder.parent / "tokenizer"]
@@ -188,7 +229,7 @@ class NVSPipeline:
             if w and not Path(w).is_absolute():
                 w = folder / w
             embedder = OpenCLIPEmbedder(model.config.clip_model, w, device=device)
-        return cls(model, tok, device, embedder, autocast)
+        return cls(model, tok, device, embedder, autocast, recon)
 
     @property
     def resolution(self) -> int:
@@ -228,6 +269,9 @@ class NVSPipeline:
                 emb = self.embedder(x).float()
         self.model.check_embedding(emb)
         h = SourceHandle(tensor_to_image(x[0]), w2c, fov_deg or cameras.DEFAULT_FOV_DEG, idx, codes, emb)
+        if self.recon is not None:
+            from core.nvs.guide import lift_guide
+            h.guide, h.guide_note = lift_guide(self.recon, image, w2c, h.fov_deg, self.resolution)
         if self.model.config.prefix_cond == "source":
             with self.precision():
                 h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes), self.model.source_condition(emb))
@@ -255,8 +299,27 @@ class NVSPipeline:
             cond = m.condition(handle.embedding.expand(N, -1), rel)
             uncond = m.null_condition(N) if sampling.cfg != 0 else None
         src_idx = torch.cat(handle.indices, 1).expand(N, -1) if m.copy_gate is not None else None
+        g_idx = g_codes = None
+        if m.config.guide and handle.guide is not None:
+            g_idx, g_codes = self.guide_tokens(handle, tg[:len(targets)])
+            g_idx, g_codes = g_idx.repeat(sampling.samples, 1), g_codes.repeat(sampling.samples, 1, 1)
         return SampleBatch(handle, cond, uncond, sampling.row_seeds(len(targets)), len(targets), sampling.samples,
-                           src_idx, zoom)
+                           src_idx, zoom=zoom, guide_idx=g_idx, guide_codes=g_codes)
+
+    def guide_image(self, handle: SourceHandle, w2c, size: int | None = None) -> Image.Image | None:
+        """The guide at camera ``w2c`` (the real camera: what the app shows first), or None."""
+        if handle.guide is None:
+            return None
+        img = handle.guide.render(check_camera("target_w2c", w2c)).image
+        return img if size is None or img.size[0] == size else img.resize((size, size), Image.Resampling.BOX)
+
+    @torch.no_grad()
+    def guide_tokens(self, handle: SourceHandle, w2cs: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide rendered at each of the model's cameras (moved to the source's distance for a
+        distance_zoom model, as its targets are), tokenised: indices [N, L] and codebook vectors."""
+        x = torch.stack([image_to_tensor(handle.guide.render(w).image) for w in w2cs]).to(self.device)
+        idx = torch.cat(self.tok.encode_indices(x), 1)
+        return idx, self.tok.lookup(idx)
 
     def prefix_kv(self, batch: SampleBatch) -> list[KV]:
         """The prefix keys/values of every row (and of the unconditional rows when guided): the
@@ -267,8 +330,16 @@ class NVSPipeline:
                 kv = m.encode_prefix(m.embed_prefix(h.codes).expand(N, -1, -1), batch.cond)
             else:
                 kv = expand_kv(h.prefix_kv, N)
-            if batch.uncond is not None:
-                kv = cat_kv(kv, expand_kv(self.null_prefix_kv(), N))
+            null = expand_kv(self.null_prefix_kv(), N) if batch.uncond is not None else None
+            if m.config.guide:  # the guide prefix after the source's (nulled when there is none)
+                codes = batch.guide_codes if batch.guide_codes is not None else \
+                    h.codes.new_zeros(N, m.config.num_tokens, m.config.latent_dim)
+                off = torch.full((N,), batch.guide_codes is None, dtype=torch.bool, device=self.device)
+                kv = cat_kv_time(kv, m.encode_guide(codes, batch.cond, off))
+                if null is not None:  # the unconditional guide prefix is the null prefix again
+                    null = cat_kv_time(null, null)
+            if null is not None:
+                kv = cat_kv(kv, null)
         return kv
 
     def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, DistanceZoomPlan | None]:
@@ -285,7 +356,7 @@ class NVSPipeline:
                cancel: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(scale index, f_hat of every row) after each scale, with the KV cache and the cached prefix."""
         it = next_scale_sample(self.model, self.tok, batch.cond, batch.uncond, lambda: self.prefix_kv(batch),
-                               sampling, batch.seeds, cancel=cancel, src_idx=batch.src_idx)
+                               sampling, batch.seeds, cancel=cancel, src_idx=batch.src_idx, guide_idx=batch.guide_idx)
         while True:
             with torch.no_grad(), self.precision():
                 nxt = next(it, None)
@@ -325,11 +396,20 @@ class NVSPipeline:
         """One target camera, coarse to fine: a Frame after each scale in ``preview_scales``
         (1-based; default all); the last scale is always decoded and is the final view.
         ``sampling.samples`` > 1: that many draws in one batch; the final frame is their pixel mean
-        (as ``generate``), each preview the decoded mean of their partial token maps."""
+        (as ``generate``), each preview the decoded mean of their partial token maps. When the
+        source has a guide (``encode_source`` lifted it), the first frame is that guide at the
+        target camera (scale 0), before any sampling; ``preview_scales`` may leave it out with 0 absent."""
         sampling = SamplingParams.of(sampling, **knobs)
         t0 = time.perf_counter()
         S = self.num_scales
-        keep = set(range(1, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
+        keep = set(range(0, S + 1)) if preview_scales is None else {int(s) for s in preview_scales} | {S}
+        if not isinstance(src_or_image, SourceHandle):
+            src_or_image = self.encode_source(src_or_image, source_w2c)
+        if 0 in keep and src_or_image.guide is not None:
+            g = self.guide_image(src_or_image, target_w2c)
+            yield Frame(g, 0, S, time.perf_counter() - t0, False, {"guide_s": time.perf_counter() - t0})
+            if cancel is not None and cancel():
+                return
         batch = self.prepare(src_or_image, source_w2c, [target_w2c], sampling)
         sample_s = decode_s = 0.0
         t = time.perf_counter()

@@ -142,7 +142,13 @@ def expand_kv(kvs: list[KV], n: int) -> list[KV]:
 
 
 def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
+    """Two sets of rows -> one batch (conditional rows, then unconditional)."""
     return [(torch.cat((ka, kb)), torch.cat((va, vb))) for (ka, va), (kb, vb) in zip(a, b)]
+
+
+def cat_kv_time(a: list[KV], b: list[KV]) -> list[KV]:
+    """Two prefixes of the same rows -> one longer prefix (source tokens, then guide tokens)."""
+    return [(torch.cat((ka, kb.to(ka.dtype)), 2), torch.cat((va, vb.to(va.dtype)), 2)) for (ka, va), (kb, vb) in zip(a, b)]
 
 
 @torch.no_grad()
@@ -150,7 +156,8 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
                       prefix_kv: Callable[[], list[KV]], sampling: SamplingParams = SamplingParams(),
                       seeds: list[int] | None = None, use_cache: bool = True,
                       cancel: Callable[[], bool] | None = None,
-                      src_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                      src_idx: torch.Tensor | None = None,
+                      guide_idx: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(si, f_hat, idx_si)`` after each scale; ``f_hat`` is a fresh tensor each time.
 
     cond [N,C] (and uncond [N,C] when guiding) are the AdaLN conditions; ``prefix_kv()``
@@ -158,7 +165,9 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
     called once and the keys/values of each new scale are appended; without, it is called
     again at every scale and all earlier scales are re-run (pass a ``prefix_kv`` that
     re-encodes, as ``NVSPipeline`` does, for a baseline with no cache at all). src_idx [N, L]:
-    the source's token indices for a model with a copy gate (the unconditional rows never copy).
+    the source's token indices for a model with a copy gate (the unconditional rows never copy);
+    guide_idx [N, L]: the guide's, for a guide model with a guide on every row (``prefix_kv`` holds
+    its keys/values; None: no guide, nothing is copied from it).
     ``seeds``: one per row (independent samples of one camera); default ``sampling.seed`` for all.
     ``sampling.samples`` is the caller's business (it lays the rows out): here every row is one draw.
     """
@@ -171,9 +180,10 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
         raise ValueError(f"{len(seeds)} seeds for {N} rows")
     gens = [torch.Generator(device=cond.device).manual_seed(s) for s in seeds]
     use_copy = None
-    if src_idx is not None and guided:
-        src_idx = torch.cat((src_idx, src_idx))
+    if guided:  # the unconditional rows copy nothing
         use_copy = torch.arange(2 * N, device=cond.device) < N
+        src_idx = None if src_idx is None else torch.cat((src_idx, src_idx))
+        guide_idx = None if guide_idx is None else torch.cat((guide_idx, guide_idx))
     x = model.start_tokens(c)
     mods = model.modulations(c)  # the condition is the same at every scale
     past = KVCache.preallocate(prefix_kv(), model.config.num_tokens) if use_cache else None
@@ -188,7 +198,7 @@ def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: to
             seen.append(x)
             h, _ = model.run(torch.cat(seen, 1), mods, prefix_kv(), model.target_mask(si + 1))
             h = h[:, -pn * pn:]
-        logits = model.logits(h, src_idx, model.begin_ends[si][0], use_copy)
+        logits = model.logits(h, src_idx, model.begin_ends[si][0], use_copy, guide_idx, use_copy)
         if guided:
             t = cfg_ramp(cfg, si, S)
             logits = (1 + t) * logits[:N] - t * logits[N:]

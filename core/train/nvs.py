@@ -8,7 +8,10 @@ sharing one run of their source's prefix. ``--coarse-scales N --coarse-fraction 
 share F of the steps coarse steps: loss on the first N scales only (the layout a camera move
 changes, starved under a uniform loss; the forward stops there, so a bigger ``--coarse-batch``
 costs little). ``--distance-zoom`` trains every target as seen from its source's distance
-(``NVSConfig.distance_zoom``). The corpus is tokenised once into ``--cache`` (re-done automatically for a
+(``NVSConfig.distance_zoom``). ``--guide`` trains a 3-D-anchored model (``NVSConfig.guide``): the
+guides of its pairs (``--recon``'s lifts of each source view, rasterised at the target) are built
+once into the cache (``core.nvs.data.build_guides``); ``--init`` may name an unguided model, whose
+weights it starts from. The corpus is tokenised once into ``--cache`` (re-done automatically for a
 different tokenizer). The run folder is ``core.train.common.RunFolder``'s: periodic checkpoints
 (model + optimizer, all safetensors) in ``OUT/ckpt-latest`` (``--resume`` continues from there),
 the best by val loss in ``OUT/ckpt-best``, the final model in ``OUT``, ``OUT/log.jsonl`` with
@@ -29,8 +32,8 @@ import torch.nn.functional as F
 from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into
 from core.data.io import index_objects
 from core.nvs.config import NVSConfig
-from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, cache_dir, load_cached, split_scales,
-                           tokenise_objects)
+from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, build_guides, cache_dir, guide_dir, load_cached,
+                           load_guides, split_scales, tokenise_objects)
 from core.nvs.model import NVSTransformer
 from core.train.common import (Clock, RunFolder, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at,
                                start_run)
@@ -38,7 +41,7 @@ from core.train.distributed import Distributed
 
 SMALL = 64  # the learned image embedder sees the source at this size (NVSConfig.cnn_resolution)
 SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch", "coarse_fraction")  # --force-schedule may change these
-MODEL_FLAGS = ("depth", "width", "heads", "copy_gate", "embedder", "embed_dim", "prefix_cond")  # distance_zoom: build_config
+MODEL_FLAGS = ("depth", "width", "heads", "copy_gate", "embedder", "embed_dim", "prefix_cond")  # distance_zoom, guide: build_config
 
 
 # ----------------------------------------------------------------------------- steps
@@ -58,6 +61,13 @@ def model_inputs(model: NVSTransformer, tok, b: dict, targets_per_source: int = 
     return emb, b["rel_pose"], codes, x_tf, b["tgt"], src
 
 
+def guide_inputs(model: NVSTransformer, tok, b: dict) -> dict:
+    """The forward's guide keywords of batch ``b`` (none for an unguided model)."""
+    if not model.config.guide:
+        return {}
+    return dict(guide_idx=b["guide"], guide_codes=tok.lookup(b["guide"]))
+
+
 def loss_acc(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
     loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
     acc = (logits.argmax(-1) == target).float().mean().item()
@@ -71,17 +81,17 @@ def validate(model, tok, sampler: PairSampler, pairs, device) -> dict:
     for i in range(0, len(pairs), 8):
         b = sampler.batch(pairs[i:i + 8], device)
         emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b)
-        loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"]), tgt)
+        loss, acc = loss_acc(model(emb, rel, codes, x_tf, src_idx=b["src"], **guide_inputs(model, tok, b)), tgt)
         L.append(loss.item())
         A.append(acc)
     model.train()
     return {"val_loss": float(np.mean(L)), "val_acc": float(np.mean(A))}
 
 
-def val_psnr(model, tok, data, n_objects: int, n_views: int, device) -> dict:
+def val_psnr(model, tok, data, n_objects: int, n_views: int, device, recon=None) -> dict:
     from core.eval.nvs import evaluate
     from core.nvs.pipeline import NVSPipeline, SamplingParams
-    pipe = NVSPipeline(model, tok, device)
+    pipe = NVSPipeline(model, tok, device, recon=recon)
     model.eval()
     try:
         out = {}
@@ -135,6 +145,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="targets seen from the source's distance, distance applied as an image scale "
                          "(NVSConfig.distance_zoom; reads target images from --data each step; default: off, "
                          "or the resumed run's setting)")
+    ap.add_argument("--guide", action=argparse.BooleanOptionalAction, default=None,
+                    help="3-D-anchored model: conditioned on the lifted source rendered at the target "
+                         "(NVSConfig.guide; default: off, or the resumed run's setting)")
+    ap.add_argument("--recon", default="checkpoints/recon", help="reconstruction model whose lifts make the guides")
+    ap.add_argument("--guide-sources", type=int, default=2,
+                    help="source views per object whose lift is cached (each costs a lift and a render per view)")
+    ap.add_argument("--guide-drop", type=float, default=0.1, help="share of samples trained with the guide nulled")
     ap.add_argument("--embedder", choices=("cnn", "open_clip"), default="cnn",
                     help="open_clip: train on precomputed 768-d {i}e.npy embeddings")
     ap.add_argument("--embed-dim", type=int, default=None)
@@ -174,6 +191,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error("--prefix-cond full conditions the prefix on each target: use --coarse-targets-per-source 1")
     if a.distance_zoom and a.online:
         ap.error("--distance-zoom needs the token cache: drop --online")
+    if a.guide and a.online:
+        ap.error("--guide needs the token cache: drop --online")
+    if a.guide_sources < 1:
+        ap.error(f"--guide-sources must be at least 1, got {a.guide_sources}")
     if not a.no_tokenise and not Path(a.data).is_dir():  # before the tokenizer loads and an empty cache is made
         ap.error(f"--data {a.data}: not a directory")
     return a
@@ -183,7 +204,7 @@ class SetupError(ValueError):
     """A run that cannot start as asked (mismatched resume, empty cache); one error line."""
 
 
-def build_config(a, run: RunFolder, resuming: bool, tok, th: str) -> NVSConfig:
+def build_config(a, run: RunFolder, resuming: bool, tok, th: str, rh: str = "") -> NVSConfig:
     """The resumed run's config, else one from the flags; checks the flags and tokenizer agree with it."""
     if resuming:
         cfg = config_from_dict(NVSConfig, load_config(run.latest), source=str(run.latest / "config.json"))
@@ -193,7 +214,13 @@ def build_config(a, run: RunFolder, resuming: bool, tok, th: str) -> NVSConfig:
                         cond_drop_rate=a.cond_drop, prefix_cond=a.prefix_cond, vocab_size=t.vocab_size,
                         latent_dim=t.latent_dim, patch_nums=t.patch_nums, resolution=t.resolution, tokenizer_hash=th,
                         embedder=a.embedder, embed_dim=a.embed_dim or (768 if a.embedder == "open_clip" else 256),
-                        cnn_resolution=SMALL, distance_zoom=bool(a.distance_zoom))
+                        cnn_resolution=SMALL, distance_zoom=bool(a.distance_zoom), guide=bool(a.guide),
+                        guide_drop_rate=a.guide_drop, recon_hash=rh if a.guide else "")
+    if a.guide is not None and cfg.guide != a.guide:
+        raise SetupError(f"{run.latest} was trained with guide={cfg.guide}")
+    if cfg.guide and cfg.recon_hash != rh:
+        raise SetupError(f"{run.latest} was trained on the guides of reconstruction {cfg.recon_hash}, "
+                         f"--recon {a.recon} is {rh}")
     if a.distance_zoom is not None and cfg.distance_zoom != a.distance_zoom:
         raise SetupError(f"{run.latest} was trained with distance_zoom={cfg.distance_zoom}")
     if cfg.distance_zoom and a.online:
@@ -208,7 +235,7 @@ def build_config(a, run: RunFolder, resuming: bool, tok, th: str) -> NVSConfig:
     return cfg
 
 
-def build_samplers(a, cfg: NVSConfig, tok, dirs: dict, step: int):
+def build_samplers(a, cfg: NVSConfig, tok, dirs: dict, step: int, gdirs: dict | None = None):
     """(training sampler, validation sampler, fixed validation pairs): the token cache's, or online."""
     if a.online:
         sampler = OnlineSampler(a.data, "train", tok, SMALL, a.zero_pose_rate, seed=a.seed * 7919 + step,
@@ -222,9 +249,14 @@ def build_samplers(a, cfg: NVSConfig, tok, dirs: dict, step: int):
     if cfg.distance_zoom:
         for s in zooms:
             zooms[s] = DistanceZoom({o.folder.name: o.folder for o in index_objects(a.data, s)}, tok)
-    sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step, zoom=zooms["train"])
+    guides = {s: load_guides(gdirs[s]) if cfg.guide else None for s in ("train", "val")}
+    if cfg.guide and not any(g.usable() for g in guides["val"].values()):
+        val_objs = []  # no val guides: validate on train pairs, as with no val objects
+    sampler = PairSampler(train_objs, a.zero_pose_rate, seed=a.seed * 7919 + step, zoom=zooms["train"],
+                          guides=guides["train"])
     val_sampler = PairSampler(val_objs or train_objs, a.zero_pose_rate, seed=1234,
-                              zoom=zooms["val"] if val_objs else zooms["train"])
+                              zoom=zooms["val"] if val_objs else zooms["train"],
+                              guides=guides["val"] if val_objs else guides["train"])
     return sampler, val_sampler, val_sampler.pairs(16)
 
 
@@ -233,7 +265,8 @@ def forward_loss(model: NVSTransformer, tok, b: dict, k: int, n_scales: int | No
     a coarse step's first scales only)."""
     with autocast(precision, device):
         emb, rel, codes, x_tf, tgt, _ = model_inputs(model, tok, b, k)
-        logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k], scales=n_scales)
+        logits = model(emb, rel, codes, x_tf, targets_per_source=k, src_idx=b["src"][::k], scales=n_scales,
+                       **guide_inputs(model, tok, b))
     return loss_acc(logits.float(), tgt[:, :logits.shape[1]])
 
 
@@ -248,6 +281,21 @@ def train_step(model: NVSTransformer, tok, opt, b: dict, k: int, n_scales: int |
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
     opt.step()
     return loss.item(), acc, gn
+
+
+def init_weights(model: NVSTransformer, folder) -> None:
+    """``--init``: the weights of ``folder``; a guide model may start from an unguided one (same
+    everything else), its guide embeddings then aligned with the target's and its guide gate shut."""
+    cfg = model.config
+    if cfg.guide and not load_config(folder).get("guide"):
+        import dataclasses
+        base = load_into(NVSTransformer(dataclasses.replace(cfg, guide=False, recon_hash="")), folder)
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("glvl_embed", "gpos_1LC", "guide_gate")) for k in missing), missing
+        model.align_guide_embeddings()
+        print(f"init: {folder} (unguided) into a guide model; guide embeddings aligned, guide gate shut", flush=True)
+    else:
+        load_into(model, folder)
 
 
 def is_coarse_step(a, step: int) -> bool:
@@ -284,12 +332,33 @@ def main(argv=None) -> int:
         for s in ("train", "val"):
             n = tokenise_objects(a.data, s, tok, dirs[s], SMALL, a.max_objects if s == "train" else None)
             print(f"tokenised {n} new {s} objects into {dirs[s]}", flush=True)
+    recon, rh, gdirs = None, "", None
+    guided = a.guide if a.guide is not None else (rt.resuming and bool(load_config(run.latest).get("guide")))
+    if guided:
+        from core.nvs.guide import recon_fingerprint
+        from core.recon.pipeline import ReconPipeline
+        recon = ReconPipeline.from_pretrained(a.recon, device=device)
+        rh = recon_fingerprint(recon)
+        trained = load_config(run.latest).get("recon_hash") if rt.resuming else None
+        if trained and trained != rh:  # before a guide cache is built for the wrong model
+            print(f"error: {run.latest} was trained on the guides of reconstruction {trained}, --recon {a.recon} "
+                  f"is {rh}", file=sys.stderr)
+            return 2
+        zoom = bool(a.distance_zoom) if a.distance_zoom is not None else \
+            (rt.resuming and bool(load_config(run.latest).get("distance_zoom")))
+        gdirs = {s: guide_dir(a.cache, th, rh, zoom, s) for s in ("train", "val")}
+        if not a.no_tokenise and dist.is_main:
+            for s in ("train", "val"):
+                r = build_guides(a.data, s, tok, recon, gdirs[s], a.guide_sources, zoom,
+                                 a.max_objects if s == "train" else None)
+                print(f"guides: {r['objects']} new {s} objects ({r['failed_lifts']} lifts failed) into {gdirs[s]}",
+                      flush=True)
     dist.barrier()
     if a.tokenise_only:
         return 0
 
     try:
-        cfg = build_config(a, run, rt.resuming, tok, th)
+        cfg = build_config(a, run, rt.resuming, tok, th, rh)
         model = NVSTransformer(cfg).to(device)
         opt = torch.optim.AdamW(model.param_groups(a.lr, a.wd, a.pose_lr_mult), lr=a.lr, betas=(0.9, 0.95))
         state = {"step": 0, "wall_s": 0.0, "best_val_loss": float("inf"), "samples_seen": 0}
@@ -297,8 +366,8 @@ def main(argv=None) -> int:
             state.update(run.resume(model, opt))
             print(f"resumed from {run.latest} at step {state['step']}", flush=True)
         elif a.init:
-            load_into(model, a.init)
-        sampler, val_sampler, val_pairs = build_samplers(a, cfg, tok, dirs, state["step"])
+            init_weights(model, a.init)
+        sampler, val_sampler, val_pairs = build_samplers(a, cfg, tok, dirs, state["step"], gdirs)
     except (SetupError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -338,6 +407,8 @@ def main(argv=None) -> int:
                 print(f"step {step}: following the tokenizer, now {cfg.tokenizer_hash}", flush=True)
         if not a.online and step and step % a.rescan_every == 0:
             new = load_cached(dirs["train"], skip={o.name for o in sampler.objects})
+            if sampler.guides is not None:  # a guide model samples only sources with a cached lift
+                new = [o for o in new if o.name in sampler.guides and sampler.guides[o.name].usable()]
             if new:
                 sampler.objects.extend(new)
                 print(f"step {step}: +{len(new)} tokenised objects ({len(sampler.objects)})", flush=True)
@@ -369,7 +440,7 @@ def main(argv=None) -> int:
         if (step % a.val_every == 0 or step == a.steps) and dist.is_main:
             rec = {"step": step, **validate(model, tok, val_sampler, val_pairs, device)}
             if step % a.psnr_every == 0 or step == a.steps:
-                rec.update(val_psnr(model, tok, a.data, a.psnr_objects, a.psnr_views, device))
+                rec.update(val_psnr(model, tok, a.data, a.psnr_objects, a.psnr_views, device, recon))
             rec["wall_s"] = round(clock.wall_s, 1)
             print(json.dumps(rec), flush=True)
             run.log(rec)
