@@ -38,3 +38,21 @@ def test_guide_follows_the_camera_and_refuses_bad_ones(sphere_guide):
     assert np.asarray(front.image)[32, 20].tolist() != np.asarray(back.image)[32, 20].tolist()
     with pytest.raises(cameras.CameraError, match="guide camera"):
         sphere_guide.render(np.full((3, 4), np.nan))
+
+
+def test_a_render_from_another_thread_reads_the_same_pixels_and_close_stops_it():
+    """The app renders guides from request threads and per-client workers; a GL context is current on
+    one thread only, and a render from another once read back the wrong pixels."""
+    import threading
+    import trimesh as tm
+    g = Guide(tm.creation.icosphere(subdivisions=2, radius=0.4), 48)
+    w2c = cameras.pose_from_spherical(30.0, 20.0, 2.0)
+    here, there = g.render(w2c), {}
+    t = threading.Thread(target=lambda: there.update(r=g.render(w2c)))
+    t.start()
+    t.join()
+    assert np.array_equal(np.asarray(here.image), np.asarray(there["r"].image))
+    assert np.array_equal(here.alpha, there["r"].alpha) and here.alpha.max() == 255
+    g.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        g.render(w2c)

@@ -110,11 +110,16 @@ def test_stream_shows_the_guide_first_then_refines_and_ends_on_generate(guided, 
     assert [f.scale for f in guided.stream(handle, None, TGTS[0], preview_scales=[2])] == [2, 3]
 
 
-def test_no_guide_falls_back_to_the_nulled_guide_path(guided):
-    h = guided.encode_source(blob(), SRC)            # no recon: no guide
+def test_no_guide_falls_back_to_the_nulled_guide_path_with_a_note(guided, tok):
+    h = guided.encode_source(blob(), SRC)            # no recon: no guide, nothing to say
     frames = list(guided.stream(h, None, TGTS[0], seed=2))
-    assert frames[0].scale == 1 and frames[-1].is_final
+    assert frames[0].scale == 1 and frames[-1].is_final and not frames[-1].note
     assert guided.prepare(h, None, TGTS[:1], GREEDY).guide_idx is None
+    lifting = NVSPipeline(guided.model, tok, recon=tiny_pipe())
+    h = lifting.encode_source(disc_image(colour=(255, 255, 255)), SRC)   # a photo with no object: no lift
+    assert h.guide is None and "no 3-D guide" in h.guide_note
+    frames = list(lifting.stream(h, None, TGTS[0], seed=2))
+    assert frames[0].scale == 1 and all(f.note == h.guide_note for f in frames) and frames[-1].is_final
 
 
 def test_an_unguided_model_still_streams_the_guide_first_and_ignores_it_after(tok):
@@ -233,3 +238,33 @@ def test_guided_training_from_an_unguided_model_then_eval_with_guide_scores(tmp_
     assert eval_main(ev + ["--recon-checkpoint", str(tmp_path / "other_recon")]) == 2
     assert "mismatched reconstruction/NVS pair" in capsys.readouterr().err
     assert eval_main(ev + ["--no-guide"]) == 2
+
+
+def test_recon_eval_lifts_from_the_input_plus_generated_views(tmp_path, tok, monkeypatch):
+    """--with-generated-views N: N NVS views at the input's elevation and distance, spread in azimuth,
+    join the input in one lift; the JSON says how many; more views than the model takes is refused."""
+    from core.eval.recon import generated_cameras
+    from core.eval.recon import main as eval_main
+    from core.recon.pipeline import ReconPipeline
+    from core.recon.toydata import write_dataset
+    data = write_dataset(tmp_path / "toy", n_train=1, n_val=1, size=32, n_views=4)
+    cams = generated_cameras(SRC, 3)
+    got = [cameras.spherical_from_pose(c) for c in cams]
+    az0, el0, r0 = cameras.spherical_from_pose(SRC)
+    assert np.allclose([(a - az0) % 360 for a, _, _ in got], [90, 180, 270], atol=1e-3)
+    assert np.allclose([e for _, e, _ in got], el0, atol=1e-3) and np.allclose([r for _, _, r in got], r0, atol=1e-4)
+    tiny_pipe(seed=0).save_pretrained(tmp_path / "recon")
+    NVSTransformer(small_cfg(tok)).save_pretrained(tmp_path / "nvs")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    seen = []
+    real = ReconPipeline.reconstruct
+    monkeypatch.setattr(ReconPipeline, "reconstruct",
+                        lambda self, images, w2cs, **k: seen.append(len(images)) or real(self, images, w2cs, **k))
+    out = tmp_path / "eval.json"
+    args = ["--data", str(data), "--checkpoint", str(tmp_path / "recon"), "--out", str(out), "--mc-resolution", "32",
+            "--size", "32", "--nvs-checkpoint", str(tmp_path / "nvs")]
+    assert eval_main(args + ["--with-generated-views", "3"]) == 0
+    res = json.loads(out.read_text())
+    assert seen == [4] and res["generated_views"] == 3 and res["seconds_generate"] > 0 and np.isfinite(res["psnr"])
+    with pytest.raises(SystemExit):   # 1 input + 8 generated > max_views 8
+        eval_main(args + ["--with-generated-views", "8"])

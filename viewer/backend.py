@@ -286,6 +286,8 @@ class Backend:
         self.default_elevation = clamp("default_elevation", getattr(rcfg, "default_elevation_deg", DEFAULT_ELEVATION),
                                        *ELEVATION_RANGE)
         self.compute = threading.Lock()   # one model call at a time (see module doc)
+        if nvs is not None and recon is not None and getattr(nvs, "recon", False) is None:
+            nvs.recon = recon  # each photo is lifted once: its guide is every camera move's first frame
 
     def start_janitor(self, interval_s: float = JANITOR_S) -> threading.Event:
         """A daemon thread that, every ``interval_s`` while no model call is running, closes expired

@@ -11,6 +11,11 @@ Where the object has ``mesh.ply``, the extracted mesh is compared with it in the
 Chamfer distance (mean of the two directions' mean nearest-neighbour distances between 10,000
 surface samples each) and F-score at 0.1 (``fscore``) and 0.05 (``fscore_005``); without
 ``mesh.ply`` the shape metrics are omitted, never estimated.
+
+``--with-generated-views N --nvs-checkpoint DIR`` measures multi-view consistency: each object is
+lifted from its input plus N views that the NVS model generates from it (one sample each, at the
+input's elevation and distance, azimuths spread evenly around the object), as the app's "lift with
+generated views" does; views that agree with each other and with the object improve the lift.
 """
 from __future__ import annotations
 
@@ -67,9 +72,18 @@ SCORES = ("psnr", "ssim", "silhouette_iou", "baseline_copy_psnr", "baseline_copy
 SHAPE_SCORES = ("chamfer", "fscore", "fscore_005")
 
 
+def generated_cameras(w2c, n: int) -> list[np.ndarray]:
+    """``n`` cameras at ``w2c``'s elevation and distance, azimuths spread evenly after its own."""
+    from core import cameras
+    az, el, r = cameras.spherical_from_pose(w2c)
+    return [cameras.pose_from_spherical(az + 360.0 * k / (n + 1), el, r) for k in range(1, n + 1)]
+
+
 def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: int, size: int = 128,
-             project_photos: bool = True, log=print) -> dict:
-    per, t_rec, t_mesh = {}, [], []
+             project_photos: bool = True, log=print, nvs=None, generated_views: int = 0) -> dict:
+    """Scores of ``pipe`` (a ReconPipeline) per object and overall; with ``nvs`` (an NVSPipeline) and
+    ``generated_views`` > 0, each lift also takes that many views generated from the first input."""
+    per, t_rec, t_mesh, t_gen = {}, [], [], []
     for obj in objects:
         ids = view_ids(obj)
         missing = [v for v in input_views if v not in ids]
@@ -78,9 +92,16 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
             continue
         fov = object_fov(obj)
         ins = [read_view(obj, v, extras=False, fov_deg=fov) for v in input_views]
+        images, cams = [v.image for v in ins], [v.w2c for v in ins]
+        if nvs is not None and generated_views > 0:
+            t0 = time.perf_counter()
+            extra = generated_cameras(ins[0].w2c, generated_views)
+            handle = nvs.encode_source(ins[0].image, ins[0].w2c, fov)
+            images += nvs.generate(handle, None, extra)
+            cams += [c.astype(np.float32) for c in extra]
+            t_gen.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        scene = pipe.reconstruct([v.image for v in ins], [v.w2c for v in ins], fov_deg=[fov] * len(ins),
-                                 project_photos=project_photos)
+        scene = pipe.reconstruct(images, cams, fov_deg=[fov] * len(images), project_photos=project_photos)
         t_rec.append(time.perf_counter() - t0)
         src = read_view(obj, input_views[0], size, fov_deg=fov)
         src_mask = metrics.object_mask(src.image, src.alpha)
@@ -122,7 +143,9 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
         out["mesh_failures"] = sum(1 for r in vals if "mesh_error" in r)
     out.update({"seconds_reconstruct": _mean(t_rec), "seconds_mesh": _mean(t_mesh), "n_objects": len(per),
                 "input_views": input_views, "mc_resolution": mc_resolution, "size": size,
-                "photo_projection": project_photos, "image_size": pipe.config.image_size, "per_object": per})
+                "photo_projection": project_photos, "image_size": pipe.config.image_size,
+                "generated_views": generated_views if nvs is not None else 0,
+                "seconds_generate": _mean(t_gen), "per_object": per})
     return out
 
 
@@ -139,14 +162,33 @@ def main(argv=None) -> int:
     ap.add_argument("--max-objects", type=int, default=None, help="the first N objects (by name)")
     ap.add_argument("--sample", type=int, default=None, metavar="N",
                     help="N objects spread evenly over the split (every source of a mixed split is seen)")
+    ap.add_argument("--with-generated-views", type=int, default=0, metavar="N",
+                    help="lift from the input plus N views the NVS model generates around it (consistency)")
+    ap.add_argument("--nvs-checkpoint", default="checkpoints/nvs", help="NVS model for --with-generated-views")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", type=device_arg, default="auto")
     args = ap.parse_args(argv)
+    if args.with_generated_views < 0:
+        ap.error(f"--with-generated-views must be >= 0, got {args.with_generated_views}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from core.recon import ReconPipeline
 
     pipe = ReconPipeline.from_pretrained(args.checkpoint, device=args.device)
+    nvs = None
+    if args.with_generated_views:
+        from core.checkpoint import CheckpointError
+        from core.nvs import NVSPipeline
+        views_in = len([v for v in args.input_views.split(",") if v.strip()]) + args.with_generated_views
+        if views_in > pipe.config.max_views:
+            ap.error(f"{views_in} views in (input + --with-generated-views) but {args.checkpoint} takes at most "
+                     f"{pipe.config.max_views}")
+        from core.checkpoint import load_config
+        try:  # a guide model is lifted by this same reconstruction model (its pairing is checked)
+            guided = bool(load_config(args.nvs_checkpoint).get("guide"))
+            nvs = NVSPipeline.from_pretrained(args.nvs_checkpoint, device=args.device, recon=pipe if guided else None)
+        except (CheckpointError, FileNotFoundError) as e:
+            raise SystemExit(f"error: --nvs-checkpoint {args.nvs_checkpoint}: {e}")
     root = Path(args.data)
     if (root / "train").is_dir() and not (root / args.split).is_dir():
         raise SystemExit(f"error: {root} has no {args.split}/ split")
@@ -156,8 +198,9 @@ def main(argv=None) -> int:
     if not objects:
         raise SystemExit(f"{root}: no object folders found")
     views = [v.strip() for v in args.input_views.split(",") if v.strip()]
-    res = evaluate(pipe, objects, views, args.mc_resolution, args.size, not args.no_photo_projection)
+    res = evaluate(pipe, objects, views, args.mc_resolution, args.size, not args.no_photo_projection,
+                   nvs=nvs, generated_views=args.with_generated_views)
     res.update({"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "sample": args.sample,
-                "max_objects": args.max_objects})
+                "max_objects": args.max_objects, "nvs_checkpoint": args.nvs_checkpoint if nvs is not None else None})
     emit_json(res, args.out, hide_in_print=("per_object",))
     return 0

@@ -10,6 +10,8 @@ model is conditioned on and what the app shows first after a camera move.
 from __future__ import annotations
 
 import hashlib
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,14 +24,18 @@ GUIDE_MESH_RESOLUTION = 96  # marching cubes grid: ~0.3 s once per photo on a CP
 
 class Guide:
     """The proxy of one lifted photo; ``render(w2c)`` rasterises it (colour on white, alpha, depth along
-    the viewing axis). Needs an EGL OpenGL context (Mesa's libEGL), as the corpus renderer does."""
+    the viewing axis). Needs an EGL OpenGL context (Mesa's libEGL), as the corpus renderer does.
+
+    An OpenGL context is current on one thread at a time, and a render from another thread reads
+    back the wrong pixels, while the app calls this from request threads and per-client workers:
+    so every GL call of a guide runs on the guide's own thread, and any thread may call ``render``.
+    The context is released by ``close()`` or when the guide is garbage collected."""
 
     def __init__(self, mesh, size: int, fov_deg: float = cameras.DEFAULT_FOV_DEG):
-        from core.data.render import Lighting, Renderer, parts_from_trimesh
         self.size, self.fov_deg = int(size), float(fov_deg)
-        self.renderer = Renderer(self.size, self.fov_deg, samples=4)
-        self.renderer.set_lighting(Lighting(**UNLIT))
-        self.renderer.set_asset(parts_from_trimesh(mesh))
+        self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guide-gl")
+        self.renderer = self._gl.submit(_make_renderer, mesh, self.size, self.fov_deg).result()
+        self._finalizer = weakref.finalize(self, _release, self._gl, self.renderer)
 
     @classmethod
     def from_scene(cls, scene, size: int, fov_deg: float | None = None,
@@ -41,10 +47,25 @@ class Guide:
         problems = cameras.validate_w2c(w2c, look_at_tol_deg=180.0)
         if problems:
             raise cameras.CameraError(f"guide camera: {'; '.join(problems)}")
-        return self.renderer.render(np.asarray(w2c, np.float64))
+        if not self._finalizer.alive:
+            raise RuntimeError("this guide was closed")
+        return self._gl.submit(self.renderer.render, np.asarray(w2c, np.float64)).result()
 
     def close(self) -> None:
-        self.renderer.release()
+        self._finalizer()
+
+
+def _make_renderer(mesh, size: int, fov_deg: float):
+    from core.data.render import Lighting, Renderer, parts_from_trimesh
+    r = Renderer(size, fov_deg, samples=4)
+    r.set_lighting(Lighting(**UNLIT))
+    r.set_asset(parts_from_trimesh(mesh))
+    return r
+
+
+def _release(gl: ThreadPoolExecutor, renderer) -> None:
+    gl.submit(renderer.release).result()
+    gl.shutdown(wait=False)
 
 
 def recon_fingerprint(recon) -> str:

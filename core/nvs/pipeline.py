@@ -53,6 +53,7 @@ class Frame:
     elapsed_s: float        # since the call started
     is_final: bool
     timings: dict = field(default_factory=dict)  # cumulative seconds: sample_s, decode_s (guide_s)
+    note: str = ""          # e.g. why this photo has no guide (the view then comes from the photo alone)
 
     @property
     def is_guide(self) -> bool:
@@ -421,7 +422,7 @@ class NVSPipeline:
                     self.decode_preview(f_hat, self.model.config.patch_nums[si], batch.zoom, batch.samples)
                 decode_s += time.perf_counter() - t
                 yield Frame(img, si + 1, S, time.perf_counter() - t0, si + 1 == S,
-                            {"sample_s": sample_s, "decode_s": decode_s})
+                            {"sample_s": sample_s, "decode_s": decode_s}, src_or_image.guide_note)
                 if cancel is not None and cancel():
                     return
             t = time.perf_counter()
