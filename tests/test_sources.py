@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,16 @@ def test_flightgear_ac3d_converts_through_assimp_with_its_texture(tmp_path):
     (root / "Maritime" / "thing.ac").write_text("not an AC3D file")
     with pytest.raises(MeshError, match="thing.ac"):
         sources.load_flightgear(cands[0])
+
+
+def test_flightgear_ai_lists_each_aircraft_model_and_leaves_out_effects(tmp_path):
+    root = tmp_path / "Aircraft"
+    for rel in ("A300/Models/A300.ac", "A300/Models/AB6.ac", "A300/Models/lights/RedLight.ac",
+                "A300/Models/A300-shadow.ac", "E70/Models/ERJ170-lod.ac", "E70/Models/ERJ170.ac"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(_ac3d_grid())
+    cands = sources.list_flightgear_ai(root)
+    assert [Path(c.path).relative_to(root).as_posix() for c in cands] == \
+        ["A300/Models/A300.ac", "A300/Models/AB6.ac", "E70/Models/ERJ170.ac"]
+    assert len({c.name for c in cands}) == 3 and all(c.source == "flightgear-data-ai" for c in cands)
+    assert sources.SOURCES["flightgear-data-ai"].loader is sources.load_flightgear

@@ -14,6 +14,7 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | kicad-packages3d | kicad-packages3d | VRML 2 (``read_kicad_wrl``: its IndexedFaceSet subset), Z up, per-part material colours |
 | minetest-mod-homedecor | minetest-mod-homedecor | OBJ per group (``core.data.minetest``), Y up, textures from the mod's Lua ``tiles`` |
 | flightgear-data-models | flightgear-data-models + assimp-utils | AC3D, Y up, converted to OBJ+MTL by ``assimp export`` (trimesh reads no AC3D) |
+| flightgear-data-ai | flightgear-data-ai + assimp-utils | the AI traffic's aircraft, AC3D as above; lights, shadows and LOD stand-ins left out |
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ KICAD_ROOT = Path("/usr/share/kicad/3dmodels")
 HOMEDECOR_ROOT = Path("/usr/share/games/minetest/mods/homedecor")
 FLIGHTGEAR_MODELS = Path("/usr/share/games/flightgear/Models")
 FLIGHTGEAR_SKIP = ("Weather", "Effects", "Geometry", "Astro", "Volcanoes")  # clouds, lights, markers: not objects
+FLIGHTGEAR_AI = Path("/usr/share/games/flightgear/AI/Aircraft")
+FLIGHTGEAR_AI_SKIP = re.compile(r"light|shadow|lod|flash|beacon|strobe|glow|cone", re.I)  # effects, not aircraft
 KICAD_SHARE = 0.2    # electronic parts stay under this share of a corpus (core.data.corpus caps them)
 MIN_FACES = 20
 
@@ -483,6 +486,14 @@ def list_flightgear(root: Path = FLIGHTGEAR_MODELS) -> list[Candidate]:
             for p in sorted(root.rglob("*.ac")) if p.relative_to(root).parts[0] not in FLIGHTGEAR_SKIP]
 
 
+def list_flightgear_ai(root: Path = FLIGHTGEAR_AI) -> list[Candidate]:
+    """One candidate per AC3D file of each AI aircraft (its variants: liveries share geometry and are
+    deduplicated by the corpus); lights, shadows and LOD stand-ins are effects, not objects."""
+    return [Candidate("flightgear-data-ai", f"flightgear-ai-{_slug(str(p.relative_to(root).with_suffix('')))}", str(p),
+                      licence="GPL-2+ (see debian/copyright)", category="aircraft")
+            for p in sorted(root.rglob("*.ac")) if not FLIGHTGEAR_AI_SKIP.search(str(p.relative_to(root)))]
+
+
 def load_flightgear(c: Candidate) -> list[Part]:
     """AC3D has no reader in trimesh: assimp (``assimp-utils``) converts it to OBJ+MTL in a temporary
     folder next to copies of the model's images, which trimesh then loads with its textures."""
@@ -528,6 +539,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            "LGPL-3.0 / CC-BY-SA-4.0"),
     Source("flightgear-data-models", "flightgear-data-models", True, FLIGHTGEAR_MODELS, list_flightgear,
            load_flightgear, "GPL-2+"),
+    Source("flightgear-data-ai", "flightgear-data-ai", True, FLIGHTGEAR_AI, list_flightgear_ai, load_flightgear,
+           "GPL-2+"),
 )}
 
 
