@@ -496,6 +496,10 @@ def test_train_resume_and_eval_cli(tmp_path, tok):
     assert res["n_objects"] == 1 and res["n_views"] == 3
     # every camera at the same distance: scaling the copy changes nothing
     assert res["baseline_scaled_copy_psnr"] == res["baseline_copy_psnr"]
+    assert eval_main(["--data", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "run"), "--tokenizer",
+                      str(tmp_path / "tokenizer"), "--out", str(out), "--sample", "1", "--no-guide"]) == 0
+    res = json.loads(out.read_text())   # one object spread over two: the first; no lift, no guide scores
+    assert res["n_objects"] == 1 and list(res["per_object"]) == ["obj0"] and "guide_psnr" not in res
 
 
 def test_coarse_steps_train_the_first_scales(tmp_path, tok):

@@ -50,13 +50,16 @@ def scaled_copy(src, targets: list, fov_deg: float, mask=None):
 
 def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: int | None = None,
              zero_pose: bool = True, max_views: int | None = None, progress: bool = False, split: str | None = "val",
-             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4) -> dict:
+             batch: int = 12, figure_rows: list | None = None, figure_objects: int = 4,
+             sample: int | None = None) -> dict:
     """Scores of ``pipe`` (an NVSPipeline) on the objects under ``data`` with ``sampling`` (a
     ``SamplingParams``, default one sample at the demo settings); when ``figure_rows`` is a list,
     (source, [(generated, ground truth), ...]) of the first objects are appended."""
     sampling = SamplingParams.of(sampling)
     objs = index_objects(Path(data), split)  # a plain folder of objects has no split: all of it
     objs = objs[:max_objects] if max_objects else objs
+    if sample and sample < len(objs):  # spread over the split: every source of a mixed split is seen
+        objs = [objs[i] for i in np.linspace(0, len(objs) - 1, sample).round().astype(int)]
     if not objs:
         raise DataError(f"{data}: no object folders with at least two posed views")
     R = pipe.resolution
@@ -192,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source-view", default="000")
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--max-views", type=int, default=None, help="at most this many target views per object")
+    ap.add_argument("--sample", type=int, default=None, metavar="N",
+                    help="N objects spread evenly over the split (every source of a mixed split is seen)")
     SamplingParams.add_arguments(ap)
     ap.add_argument("--no-zero-pose", action="store_true", help="skip the zero-relative-pose reproduction check")
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
@@ -219,7 +224,7 @@ def main(argv=None) -> int:
         if a.no_guide and pipe.model.config.guide:
             raise ValueError(f"{a.checkpoint} is a guide model: it needs its reconstruction model (drop --no-guide)")
         res = evaluate(pipe, a.data, sampling, a.source_view, a.max_objects, zero_pose=not a.no_zero_pose,
-                       max_views=a.max_views, progress=True, split=a.split, figure_rows=rows)
+                       max_views=a.max_views, progress=True, split=a.split, figure_rows=rows, sample=a.sample)
         if a.figure and rows:
             make_figure(rows, a.figure)
     except (ValueError, FileNotFoundError) as e:
