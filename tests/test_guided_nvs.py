@@ -268,3 +268,21 @@ def test_recon_eval_lifts_from_the_input_plus_generated_views(tmp_path, tok, mon
     assert seen == [4] and res["generated_views"] == 3 and res["seconds_generate"] > 0 and np.isfinite(res["psnr"])
     with pytest.raises(SystemExit):   # 1 input + 8 generated > max_views 8
         eval_main(args + ["--with-generated-views", "8"])
+
+
+def test_the_app_backend_lifts_the_photo_once_and_streams_its_guide_first(tok, tmp_path):
+    """With both models loaded, a camera move's first frame is the guide (what a still-moving camera
+    gets from the 3D view), then the sparse previews; the photo is lifted once, not per move."""
+    from viewer.backend import Backend, SessionStore
+    torch.manual_seed(0)
+    nvs = NVSPipeline(randomize(NVSTransformer(small_cfg(tok, copy_gate=True))), tok)
+    b = Backend(nvs=nvs, recon=BallRecon(), sessions=SessionStore(tmp_path / "sessions"))
+    assert nvs.recon is not None and b.sparse_previews()[0] == 0
+    s = b.sessions.new()
+    b.set_source(s, disc_image(64))
+    frames = list(b.stream_view(s, 60, 20, 2.0, preview_scales=b.sparse_previews()))
+    assert frames[0].is_guide and frames[0].image.size == (nvs.resolution,) * 2 and frames[-1].is_final
+    assert [f.scale for f in frames] == b.sparse_previews() and s.encoded.guide is not None
+    first = s.encoded
+    list(b.stream_view(s, 90, 20, 2.0, preview_scales=b.sparse_previews()))
+    assert s.encoded is first                        # lifted once per photo, not per camera move

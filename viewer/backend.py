@@ -452,10 +452,11 @@ class Backend:
             yield frame
 
     def sparse_previews(self, fractions=(0.3, 0.6, 0.8)) -> list[int] | None:
-        """A few preview scales (plus the final one, always decoded): each decode costs about as
-        much as sampling several scales, so a dragged camera gets 3-4 frames, not one per scale."""
+        """The guide (scale 0: shown at once, and all a camera still moving gets) and a few preview
+        scales (plus the final one, always decoded): each decode costs about as much as sampling
+        several scales, so a dragged camera gets 4-5 frames, not one per scale."""
         S = getattr(self.nvs, "num_scales", None)
-        return None if not S else sorted({max(1, math.ceil(S * f)) for f in fractions} | {S})
+        return None if not S else sorted({0} | {max(1, math.ceil(S * f)) for f in fractions} | {S})
 
     def views_around(self, session: Session, n: int = 6, elevation: float | None = None,
                      sampling: SamplingParams | None = None) -> list[tuple[Image.Image, str]]:
