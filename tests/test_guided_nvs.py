@@ -187,6 +187,9 @@ def test_guide_cache_holds_a_lift_per_source_view_and_feeds_the_pair_sampler(tmp
                         np.zeros((4, 8, 8, 3), np.uint8), None, 40.0, ["000", "001", "002", "003"])]
     ps = PairSampler(objs, seed=0, guides=load_guides(out))
     assert [o.name for o in ps.objects] == ["ball"]                  # sources with a lift only
+    moved = TokenObject("ball", objs[0].tokens, objs[0].poses, objs[0].small, None, 40.0, ["001", "000", "002", "003"])
+    with pytest.raises(ValueError, match="with cached guides"):      # views renamed since the guides were built
+        PairSampler([moved], seed=0, guides=load_guides(out))
     pairs = ps.pairs(8)
     assert {s for _, s, _ in pairs} <= set(gs.usable())
     b = ps.batch(pairs)
@@ -224,6 +227,9 @@ def test_guided_training_from_an_unguided_model_then_eval_with_guide_scores(tmp_
     assert "trained on the guides of reconstruction" in capsys.readouterr().err
     assert not any((tmp_path / "cache").glob(f"*/guides-{recon_fingerprint(tiny_pipe(seed=1))}"))  # refused first
     assert train_main(base + ["--out", str(tmp_path / "run"), "--recon", str(tmp_path / "recon")] + more) == 0
+    capsys.readouterr()
+    assert train_main(base + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "run"), "--steps", "1"]) == 2
+    assert "is a guide model" in capsys.readouterr().err and not (tmp_path / "x" / "ckpt-latest").exists()
     assert json.loads((tmp_path / "run" / "ckpt-latest" / "train_state.json").read_text())["step"] == 3
     out = tmp_path / "eval.json"
     ev = ["--data", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "run"), "--tokenizer",
@@ -286,3 +292,29 @@ def test_the_app_backend_lifts_the_photo_once_and_streams_its_guide_first(tok, t
     first = s.encoded
     list(b.stream_view(s, 90, 20, 2.0, preview_scales=b.sparse_previews()))
     assert s.encoded is first                        # lifted once per photo, not per camera move
+
+
+def test_benchmark_baselines_draw_a_guide_models_own_views(guided, handle):
+    """core.bench nvs's no-KV-cache and re-encoded-prefix paths lay out the guide prefix as the pipeline
+    does (with CFG's unconditional rows), so its speed ratios compare the same work."""
+    from core.bench.nvs import sample_baseline
+    sp = SamplingParams(seed=3, cfg=2.0, top_k=20, top_p=0.9)
+    a = guided.generate(handle, None, TGTS[:2], sp)
+    for use_cache in (False, True):
+        b = guided.decode(sample_baseline(guided, guided.prepare(handle, None, TGTS[:2], sp), sp, use_cache=use_cache))
+        assert all(np.abs(np.asarray(x, int) - np.asarray(y, int)).max() <= 1 for x, y in zip(a, b))
+
+
+def test_no_opengl_means_no_guide_with_a_note_and_no_thread_left(monkeypatch):
+    import threading
+    import core.nvs.guide as guide_mod
+
+    def no_egl(*a, **k):
+        raise RuntimeError("cannot create a headless EGL OpenGL context (test); needs Mesa's libEGL")
+    monkeypatch.setattr(guide_mod, "_make_renderer", no_egl)
+    before = threading.active_count()
+    g, note = lift_guide(BallRecon(), disc_image(), SRC, 40.0, 32)
+    assert g is None and "no 3-D guide on this machine" in note
+    import time
+    time.sleep(0.1)
+    assert threading.active_count() <= before

@@ -53,15 +53,22 @@ def _source(data: str | None, size: int):
 def reencoded_prefix_kv(pipe, batch) -> list:
     """Every row's prefix keys/values encoded afresh (source and null prefix): what a pipeline
     without the prefix cache pays for each camera, or, without the KV cache, at every scale."""
-    from core.nvs.sampling import cat_kv, expand_kv
-    m, h = pipe.model, batch.handle
+    from core.nvs.sampling import cat_kv, cat_kv_time, expand_kv
+    m, h, N = pipe.model, batch.handle, batch.rows
     with torch.no_grad(), pipe.precision():
         if m.config.prefix_cond == "full":
-            kv = m.encode_prefix(m.embed_prefix(h.codes).expand(batch.rows, -1, -1), batch.cond)
+            kv = m.encode_prefix(m.embed_prefix(h.codes).expand(N, -1, -1), batch.cond)
         else:
-            kv = expand_kv(m.encode_prefix(m.embed_prefix(h.codes), m.source_condition(h.embedding)), batch.rows)
-        if batch.uncond is not None:
-            kv = cat_kv(kv, expand_kv(m.encode_prefix(m.null_prefix(1), m.null_condition(1)), batch.rows))
+            kv = expand_kv(m.encode_prefix(m.embed_prefix(h.codes), m.source_condition(h.embedding)), N)
+        null = expand_kv(m.encode_prefix(m.null_prefix(1), m.null_condition(1)), N) if batch.uncond is not None else None
+        if m.config.guide:  # the guide prefix, as NVSPipeline.prefix_kv lays it out
+            codes = batch.guide_codes if batch.guide_codes is not None else \
+                h.codes.new_zeros(N, m.config.num_tokens, m.config.latent_dim)
+            off = torch.full((N,), batch.guide_codes is None, dtype=torch.bool, device=codes.device)
+            kv = cat_kv_time(kv, m.encode_guide(codes, batch.cond, off))
+            null = cat_kv_time(null, null) if null is not None else None
+        if null is not None:
+            kv = cat_kv(kv, null)
     return kv
 
 
@@ -70,7 +77,8 @@ def sample_baseline(pipe, batch, sampling, use_cache: bool) -> torch.Tensor:
     (``use_cache=False``) re-running the prefix and every earlier scale at each scale."""
     from core.nvs.sampling import next_scale_sample
     it = next_scale_sample(pipe.model, pipe.tok, batch.cond, batch.uncond, lambda: reencoded_prefix_kv(pipe, batch),
-                           sampling, batch.seeds, use_cache=use_cache, src_idx=batch.src_idx)
+                           sampling, batch.seeds, use_cache=use_cache, src_idx=batch.src_idx,
+                           guide_idx=batch.guide_idx)
     f_hat = None
     with torch.no_grad(), pipe.precision():
         for _, f_hat, _ in it:
@@ -221,8 +229,8 @@ def main(argv=None) -> int:
         spn = SamplingParams(samples=n)
 
         def mean_stream(preview=None, repeats=R):
-            return [[f.elapsed_s for f in pipe.stream(handle, None, targets[0], spn, preview_scales=preview)]
-                    for _ in range(repeats)]
+            return [[f.elapsed_s for f in pipe.stream(handle, None, targets[0], spn, preview_scales=preview)
+                     if not f.is_guide] for _ in range(repeats)]
         mean_stream(repeats=1)  # warm-up
         every, two = mean_stream(), mean_stream([1, S // 2])
         mean_view = lambda: pipe.generate(handle, None, [targets[0]], spn)  # noqa: E731

@@ -67,7 +67,7 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
     SP, SS = [], []
     ious = {k: [] for k in ("silhouette_iou", "baseline_copy_silhouette_iou", "baseline_scaled_copy_silhouette_iou")}
     G = {k: [] for k in ("guide_psnr", "guide_ssim", "guide_silhouette_iou")}
-    guide_failures = 0
+    guide_failures, lift_s = 0, []
     it = objs
     if progress:
         from tqdm import tqdm
@@ -85,7 +85,9 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
         preds = []
         for i in range(0, len(gts), batch):
             preds += pipe.generate(handle, None, [g.w2c for g in gts[i:i + batch]], sampling)
-        secs += time.perf_counter() - t0
+        # an unguided model's views do not wait for the lift (it is timed apart); a guide model's do
+        secs += time.perf_counter() - t0 - (0.0 if pipe.model.config.guide else handle.lift_s)
+        lift_s.append(handle.lift_s)
         nviews += len(preds)
         ps = [metrics.psnr(p, g.image) for p, g in zip(preds, gts)]
         ss = [metrics.ssim(p, g.image) for p, g in zip(preds, gts)]
@@ -136,7 +138,7 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
            "seconds_per_view": secs / max(nviews, 1), "n_objects": len(per), "n_views": nviews}
     if pipe.recon is not None:
         out.update({k: float(np.mean(v)) for k, v in G.items()})
-        out["guide_failures"] = guide_failures
+        out.update(guide_failures=guide_failures, seconds_lift=float(np.mean(lift_s)))
     if Z:
         out["zero_pose_psnr"] = float(np.mean(Z))
     out["settings"] = {"source_view": source_view, **sampling.to_dict(), "resolution": R,
@@ -202,9 +204,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="split used when --data is a dataset root")
     ap.add_argument("--clip-weights", default=None, help="local open_clip weights (open_clip-embedder models)")
     ap.add_argument("--figure", default=None, help="also write a PNG grid of source / generated / ground truth")
-    ap.add_argument("--recon-checkpoint", default="checkpoints/recon",
-                    help="reconstruction model that lifts each source for the guide (guide_* scores; a guide model's "
-                         "own pairing is checked)")
+    ap.add_argument("--recon-checkpoint", default=None,
+                    help="reconstruction model that lifts each source for the guide (guide_* scores); default: a guide "
+                         "model's own (its recon/, else the one beside it), else checkpoints/recon when present")
     ap.add_argument("--no-guide", action="store_true", help="no lift: skip the guide_* scores (an unguided model only)")
     ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -219,6 +221,10 @@ def main(argv=None) -> int:
         recon = None if a.no_guide else a.recon_checkpoint
         if recon is not None and not (Path(recon) / "config.json").is_file():
             raise FileNotFoundError(f"--recon-checkpoint {recon}: no config.json there (or pass --no-guide)")
+        if recon is None and not a.no_guide and (Path("checkpoints/recon") / "config.json").is_file():
+            from core.checkpoint import load_config
+            if not load_config(a.checkpoint).get("guide"):  # a guide model finds its own in from_pretrained
+                recon = "checkpoints/recon"
         pipe = NVSPipeline.from_pretrained(a.checkpoint, tokenizer=a.tokenizer, device=a.device,
                                            clip_weights=a.clip_weights, recon=recon)
         if a.no_guide and pipe.model.config.guide:

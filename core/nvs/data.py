@@ -120,7 +120,7 @@ def build_guides(data, split: str, tok, recon, out: Path, per_object: int = 2, z
             tokens[i] = torch.cat(tok.encode_indices(x), 1).cpu().numpy()
             ok[i] = True
         tmp = dst.with_suffix(".tmp.npz")
-        np.savez(tmp, sources=np.array(srcs), tokens=tokens, ok=ok)
+        np.savez(tmp, sources=np.array(srcs), tokens=tokens, ok=ok, views=np.array(o.views))
         tmp.replace(dst)
         done += 1
     return {"objects": done, "failed_lifts": failed}
@@ -128,10 +128,12 @@ def build_guides(data, split: str, tok, recon, out: Path, per_object: int = 2, z
 
 @dataclass
 class GuideSet:
-    """One object's cached guides: ``tokens[i, t]`` is the guide of source view ``sources[i]`` at view t."""
+    """One object's cached guides: ``tokens[i, t]`` is the guide of source view ``sources[i]`` at view
+    ``views[t]`` (the object's views when the guides were built)."""
     sources: np.ndarray
     tokens: np.ndarray
     ok: np.ndarray
+    views: tuple[str, ...] = ()
 
     def usable(self) -> list[int]:
         return [int(s) for s, k in zip(self.sources, self.ok) if k]
@@ -140,12 +142,19 @@ class GuideSet:
         return self.tokens[list(self.sources).index(s), t]
 
 
+def guide_fits(guides: dict[str, GuideSet], obj: TokenObject) -> bool:
+    """``obj`` has cached guides, at least one source lifted, built for the same views in the same order."""
+    g = guides.get(obj.name)
+    return g is not None and bool(g.usable()) and list(g.views) == list(obj.views)
+
+
 def load_guides(folder: Path) -> dict[str, GuideSet]:
     out = {}
     for f in sorted(Path(folder).glob("*.npz")):
         if not f.name.endswith(".tmp.npz"):
             with np.load(f) as z:
-                out[f.stem] = GuideSet(z["sources"], z["tokens"], z["ok"])
+                views = tuple(str(v) for v in z["views"]) if "views" in z else ()  # () : never matches
+                out[f.stem] = GuideSet(z["sources"], z["tokens"], z["ok"], views)
     return out
 
 
@@ -198,8 +207,8 @@ class PairSampler:
 
     def __init__(self, objects: list[TokenObject], zero_pose_rate: float = 0.15, seed: int | None = None,
                  zoom: DistanceZoom | None = None, guides: dict[str, GuideSet] | None = None):
-        if guides is not None:  # a guide model trains only on sources with a cached lift
-            objects = [o for o in objects if o.name in guides and guides[o.name].usable()]
+        if guides is not None:  # a guide model trains only on sources with a cached lift of these very views
+            objects = [o for o in objects if guide_fits(guides, o)]
         if not objects:
             raise DataError("no tokenised objects" + (" with cached guides" if guides is not None else ""))
         self.objects, self.zero_pose_rate, self.zoom, self.guides = objects, zero_pose_rate, zoom, guides

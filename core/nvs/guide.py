@@ -10,6 +10,7 @@ model is conditioned on and what the app shows first after a camera move.
 from __future__ import annotations
 
 import hashlib
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,8 +35,14 @@ class Guide:
     def __init__(self, mesh, size: int, fov_deg: float = cameras.DEFAULT_FOV_DEG):
         self.size, self.fov_deg = int(size), float(fov_deg)
         self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guide-gl")
-        self.renderer = self._gl.submit(_make_renderer, mesh, self.size, self.fov_deg).result()
-        self._finalizer = weakref.finalize(self, _release, self._gl, self.renderer)
+        try:
+            self.renderer = self._gl.submit(_make_renderer, mesh, self.size, self.fov_deg).result()
+        except BaseException:
+            self._gl.shutdown(wait=False)
+            raise
+        self._lock = threading.Lock()   # a close() never releases the context under a queued render
+        self._finalizer = weakref.finalize(self, _release, self._gl, self.renderer, self._lock)
+        self._finalizer.atexit = False   # at exit the executor is already down and the process frees the context
 
     @classmethod
     def from_scene(cls, scene, size: int, fov_deg: float | None = None,
@@ -47,9 +54,10 @@ class Guide:
         problems = cameras.validate_w2c(w2c, look_at_tol_deg=180.0)
         if problems:
             raise cameras.CameraError(f"guide camera: {'; '.join(problems)}")
-        if not self._finalizer.alive:
-            raise RuntimeError("this guide was closed")
-        return self._gl.submit(self.renderer.render, np.asarray(w2c, np.float64)).result()
+        with self._lock:
+            if not self._finalizer.alive:
+                raise RuntimeError("this guide was closed")
+            return self._gl.submit(self.renderer.render, np.asarray(w2c, np.float64)).result()
 
     def close(self) -> None:
         self._finalizer()
@@ -63,9 +71,13 @@ def _make_renderer(mesh, size: int, fov_deg: float):
     return r
 
 
-def _release(gl: ThreadPoolExecutor, renderer) -> None:
-    gl.submit(renderer.release).result()
-    gl.shutdown(wait=False)
+def _release(gl: ThreadPoolExecutor, renderer, lock: threading.Lock) -> None:
+    with lock:
+        try:
+            gl.submit(renderer.release).result()
+        except RuntimeError:  # the executor is already shut down (interpreter exit)
+            pass
+        gl.shutdown(wait=False)
 
 
 def recon_fingerprint(recon) -> str:
@@ -81,12 +93,20 @@ def recon_fingerprint(recon) -> str:
 
 def lift_guide(recon, image, w2c, fov_deg: float, size: int) -> tuple["Guide | None", str]:
     """(guide, "") for a photo the reconstruction can lift, else (None, why not): a photo with no
-    object, or a field with no surface, leaves the caller on its unguided path with a note."""
+    object, or a field with no surface, leaves the caller on its unguided path with a note; so does
+    a machine with no OpenGL for the raster (the views do not need it)."""
     from core.data.render import MeshError as EmptyMeshError
     from core.mesh import MeshError
     from core.recon.pipeline import ReconInputError
     try:
         scene = recon.reconstruct(image, np.asarray(w2c, np.float64), fov_deg)
-        return Guide.from_scene(scene, size, fov_deg), ""
+        mesh = scene.extract_mesh(resolution=GUIDE_MESH_RESOLUTION)
+        return Guide(mesh, size, fov_deg), ""
     except (ReconInputError, MeshError, EmptyMeshError, cameras.CameraError) as e:
         return None, f"no 3-D guide for this photo ({e}); views come from the photo alone"
+    except (ImportError, OSError) as e:  # no moderngl / libEGL: the raster cannot start
+        return None, f"no 3-D guide on this machine ({e}); views come from the photo alone"
+    except RuntimeError as e:
+        if "EGL" not in str(e):  # core.data.render.Renderer's message when no context can be made
+            raise
+        return None, f"no 3-D guide on this machine ({e}); views come from the photo alone"

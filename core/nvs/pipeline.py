@@ -72,6 +72,7 @@ class SourceHandle:
     prefix_kv: list[KV] | None = None   # batch-1 keys/values of the conditional prefix
     guide: object | None = None         # core.nvs.guide.Guide of the lifted source (None: no recon, or no lift)
     guide_note: str = ""                # why there is no guide when a lift was tried and failed
+    lift_s: float = 0.0                 # seconds the lift (and meshing) took in encode_source
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,9 @@ class NVSPipeline:
         h = SourceHandle(tensor_to_image(x[0]), w2c, fov_deg or cameras.DEFAULT_FOV_DEG, idx, codes, emb)
         if self.recon is not None:
             from core.nvs.guide import lift_guide
+            t0 = time.perf_counter()
             h.guide, h.guide_note = lift_guide(self.recon, image, w2c, h.fov_deg, self.resolution)
+            h.lift_s = time.perf_counter() - t0
         if self.model.config.prefix_cond == "source":
             with self.precision():
                 h.prefix_kv = self.model.encode_prefix(self.model.embed_prefix(codes), self.model.source_condition(emb))

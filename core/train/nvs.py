@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from core.checkpoint import CheckpointError, config_from_dict, load_config, load_into
 from core.data.io import index_objects
 from core.nvs.config import NVSConfig
-from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, build_guides, cache_dir, guide_dir, load_cached,
-                           load_guides, split_scales, tokenise_objects)
+from core.nvs.data import (DistanceZoom, OnlineSampler, PairSampler, build_guides, cache_dir, guide_dir, guide_fits,
+                           load_cached, load_guides, split_scales, tokenise_objects)
 from core.nvs.model import NVSTransformer
 from core.train.common import (Clock, RunFolder, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at,
                                start_run)
@@ -283,6 +283,22 @@ def train_step(model: NVSTransformer, tok, opt, b: dict, k: int, n_scales: int |
     return loss.item(), acc, gn
 
 
+def check_init(cfg: NVSConfig, folder) -> None:
+    """``--init``: a checkpoint of this model (a guide model may start from an unguided one, not from
+    a guide model trained on another reconstruction's guides); refused before any work."""
+    init = config_from_dict(NVSConfig, load_config(folder), source=str(Path(folder) / "config.json"))
+    if init.guide and not cfg.guide:
+        raise SetupError(f"--init {folder} is a guide model; this run is not (pass --guide)")
+    if init.guide and init.recon_hash != cfg.recon_hash:
+        raise SetupError(f"--init {folder} was trained on the guides of reconstruction {init.recon_hash}, "
+                         f"this run's --recon is {cfg.recon_hash}")
+    differ = [k for k in ("depth", "width", "num_heads", "copy_gate", "embedder", "embed_dim", "prefix_cond",
+                          "vocab_size", "latent_dim", "patch_nums") if getattr(init, k) != getattr(cfg, k)]
+    if differ:
+        raise SetupError(f"--init {folder} differs from this run in " +
+                         ", ".join(f"{k} ({getattr(init, k)} vs {getattr(cfg, k)})" for k in differ))
+
+
 def init_weights(model: NVSTransformer, folder) -> None:
     """``--init``: the weights of ``folder``; a guide model may start from an unguided one (same
     everything else), its guide embeddings then aligned with the target's and its guide gate shut."""
@@ -291,7 +307,9 @@ def init_weights(model: NVSTransformer, folder) -> None:
         import dataclasses
         base = load_into(NVSTransformer(dataclasses.replace(cfg, guide=False, recon_hash="")), folder)
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith(("glvl_embed", "gpos_1LC", "guide_gate")) for k in missing), missing
+        if unexpected or not all(k.startswith(("glvl_embed", "gpos_1LC", "guide_gate")) for k in missing):
+            raise CheckpointError(f"--init {folder}: weights do not fit a guide model of this config "
+                                  f"(missing {missing}, unexpected {unexpected})")
         model.align_guide_embeddings()
         print(f"init: {folder} (unguided) into a guide model; guide embeddings aligned, guide gate shut", flush=True)
     else:
@@ -334,22 +352,25 @@ def main(argv=None) -> int:
             print(f"tokenised {n} new {s} objects into {dirs[s]}", flush=True)
     recon, rh, gdirs = None, "", None
     guided = a.guide if a.guide is not None else (rt.resuming and bool(load_config(run.latest).get("guide")))
-    if guided:
-        from core.nvs.guide import recon_fingerprint
-        from core.recon.pipeline import ReconPipeline
-        recon = ReconPipeline.from_pretrained(a.recon, device=device)
-        rh = recon_fingerprint(recon)
-        trained = load_config(run.latest).get("recon_hash") if rt.resuming else None
-        if trained and trained != rh:  # before a guide cache is built for the wrong model
-            print(f"error: {run.latest} was trained on the guides of reconstruction {trained}, --recon {a.recon} "
-                  f"is {rh}", file=sys.stderr)
-            return 2
-        zoom = bool(a.distance_zoom) if a.distance_zoom is not None else \
-            (rt.resuming and bool(load_config(run.latest).get("distance_zoom")))
-        gdirs = {s: guide_dir(a.cache, th, rh, zoom, s) for s in ("train", "val")}
+    try:  # every refusal (a mismatched resume or --init, a missing --recon) before any guide is built
+        if guided:
+            from core.nvs.guide import recon_fingerprint
+            from core.recon.pipeline import ReconPipeline
+            if not (Path(a.recon) / "config.json").is_file():
+                raise SetupError(f"--recon {a.recon}: no reconstruction checkpoint there (config.json)")
+            recon = ReconPipeline.from_pretrained(a.recon, device=device)
+            rh = recon_fingerprint(recon)
+        cfg = build_config(a, run, rt.resuming, tok, th, rh)
+        if a.init and not rt.resuming:
+            check_init(cfg, a.init)
+    except (SetupError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.guide:
+        gdirs = {s: guide_dir(a.cache, th, rh, cfg.distance_zoom, s) for s in ("train", "val")}
         if not a.no_tokenise and dist.is_main:
             for s in ("train", "val"):
-                r = build_guides(a.data, s, tok, recon, gdirs[s], a.guide_sources, zoom,
+                r = build_guides(a.data, s, tok, recon, gdirs[s], a.guide_sources, cfg.distance_zoom,
                                  a.max_objects if s == "train" else None)
                 print(f"guides: {r['objects']} new {s} objects ({r['failed_lifts']} lifts failed) into {gdirs[s]}",
                       flush=True)
@@ -358,7 +379,6 @@ def main(argv=None) -> int:
         return 0
 
     try:
-        cfg = build_config(a, run, rt.resuming, tok, th, rh)
         model = NVSTransformer(cfg).to(device)
         opt = torch.optim.AdamW(model.param_groups(a.lr, a.wd, a.pose_lr_mult), lr=a.lr, betas=(0.9, 0.95))
         state = {"step": 0, "wall_s": 0.0, "best_val_loss": float("inf"), "samples_seen": 0}
@@ -408,7 +428,8 @@ def main(argv=None) -> int:
         if not a.online and step and step % a.rescan_every == 0:
             new = load_cached(dirs["train"], skip={o.name for o in sampler.objects})
             if sampler.guides is not None:  # a guide model samples only sources with a cached lift
-                new = [o for o in new if o.name in sampler.guides and sampler.guides[o.name].usable()]
+                sampler.guides.update(load_guides(gdirs["train"]))
+                new = [o for o in new if guide_fits(sampler.guides, o)]
             if new:
                 sampler.objects.extend(new)
                 print(f"step {step}: +{len(new)} tokenised objects ({len(sampler.objects)})", flush=True)
