@@ -203,7 +203,8 @@ class NVSPipeline:
             recon = next((c for c in (folder / "recon", folder.parent / "recon") if (c / "config.json").is_file()), None)
             if recon is None:
                 raise CheckpointError(f"{folder} is a guide model: its reconstruction checkpoint was not found at "
-                                      f"{folder / 'recon'} or {folder.parent / 'recon'} (pass recon=<folder>)")
+                                      f"{folder / 'recon'} or {folder.parent / 'recon'} (pass recon=<folder>, "
+                                      "or --recon-checkpoint / --recon on the command line)")
         if isinstance(recon, (str, Path)):
             from core.recon.pipeline import ReconPipeline
             recon_dir = Path(recon)
