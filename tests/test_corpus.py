@@ -40,3 +40,15 @@ def test_build_corpus_writes_splits_and_report(tmp_path):
     assert c["by_source"]["procedural"] == 3 and rep["size_bytes"] > 0 and rep["seconds"] > 0
     assert len(io.list_objects(out)) == c["objects"]
     assert check_dataset(out)["problems"] == []
+
+
+def test_colliding_candidate_names_get_their_own_folders():
+    """Slugs cut at 80 characters collide (eight KiCad connectors, two Red Eclipse jars): the second of a
+    pair used to be skipped as "existing" and counted twice."""
+    from core.data.corpus import Job, unique_names
+    jobs = unique_names([Job("kicad-long", "source", "/a/x.wrl"), Job("kicad-long", "source", "/b/x.wrl"),
+                         Job("other", "source", "/c.wrl")])
+    names = [j.name for j in jobs]
+    assert names[0] == "kicad-long" and names[1].startswith("kicad-long-") and len(set(names)) == 3
+    again = unique_names([Job("kicad-long", "source", "/a/x.wrl"), Job("kicad-long", "source", "/b/x.wrl")])
+    assert [j.name for j in again] == names[:2]            # stable: a resumed build finds the same folders

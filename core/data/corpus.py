@@ -272,6 +272,18 @@ def source_jobs(names: list[str], max_per_source: int | None = None, seed: int =
             cands = sorted(cands, key=lambda c: zlib.crc32(f"sample:{seed}:{c.name}".encode()))[:max_per_source]
         jobs += [Job(c.name, "source", c.path, licence=c.licence, source=name, member=c.member, category=c.category,
                      extra=c.extra) for c in cands]
+    return unique_names(jobs)
+
+
+def unique_names(jobs: list[Job]) -> list[Job]:
+    """Two candidates whose slugs collide (long KiCad names cut at 80 characters, the same file name in
+    two folders) would share one folder: the second would be skipped as already rendered. Every name
+    after the first gets a hash of its path and member, so each object is its own folder."""
+    seen: set[str] = set()
+    for j in jobs:
+        if j.name in seen:
+            j.name = f"{j.name}-{zlib.crc32(f'{j.path}:{j.member}'.encode()):08x}"
+        seen.add(j.name)
     return jobs
 
 
