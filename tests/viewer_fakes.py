@@ -26,12 +26,18 @@ class FakeFrame:
     num_scales: int
     elapsed_s: float
     is_final: bool
+    note: str = ""
+
+    @property
+    def is_guide(self) -> bool:
+        return self.scale == 0
 
 
 class FakeNVS:
     """Coarse-to-fine frames: the source rolled by the azimuth change, pixelated per scale."""
 
     resolution = 64
+    recon = None   # NVSPipeline's: a reconstruction model for the guide (the fake draws none)
     patch_nums = (1, 2, 4, 8, 16, 64)
     num_scales = len(patch_nums)
 

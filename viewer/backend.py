@@ -286,7 +286,7 @@ class Backend:
         self.default_elevation = clamp("default_elevation", getattr(rcfg, "default_elevation_deg", DEFAULT_ELEVATION),
                                        *ELEVATION_RANGE)
         self.compute = threading.Lock()   # one model call at a time (see module doc)
-        if nvs is not None and recon is not None and getattr(nvs, "recon", False) is None:
+        if nvs is not None and recon is not None and nvs.recon is None:
             nvs.recon = recon  # each photo is lifted once: its guide is every camera move's first frame
 
     def start_janitor(self, interval_s: float = JANITOR_S) -> threading.Event:

@@ -159,8 +159,8 @@ class Handlers:
         try:
             sampling = ui_sampling(seed, guidance, top_k, top_p, samples)
             for f in self.backend.stream_view(session, azimuth, elevation, distance, sampling):
-                tag = "final" if f.is_final else "guide" if getattr(f, "is_guide", False) else "preview"
-                note = f" · {f.note}" if getattr(f, "note", "") else ""
+                tag = "final" if f.is_final else "guide" if f.is_guide else "preview"
+                note = f" · {f.note}" if f.note else ""
                 yield f.image, f"**{tag}** · scale {f.scale}/{f.num_scales} · {time.perf_counter() - t0:.2f} s{note}"
         except UserError as e:
             raise user_error(str(e)) from None

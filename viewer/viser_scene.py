@@ -279,11 +279,11 @@ class ViserScene:
                     st.client.scene.set_background_image(
                         fit_to_viewport(frame.image, cam.image_width, cam.image_height),
                         format="jpeg", jpeg_quality=self.jpeg_quality)
-                    label = "final" if frame.is_final else "guide" if getattr(frame, "is_guide", False) else "preview"
+                    label = "final" if frame.is_final else "guide" if frame.is_guide else "preview"
                     self._say(st, f"**{label}** · scale {frame.scale}/{frame.num_scales} · "
                                   f"{time.perf_counter() - t0:.2f} s · azimuth {view[0]:.0f}°, "
                                   f"elevation {view[1]:.0f}°, distance {view[2]:.2f}"
-                                  + (f" · {frame.note}" if getattr(frame, "note", "") else ""))
+                                  + (f" · {frame.note}" if frame.note else ""))
                     st.client.flush()
                     st.frames_sent += 1
                     rec["frames"] += 1

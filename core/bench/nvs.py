@@ -20,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,7 +54,7 @@ def _source(data: str | None, size: int):
 def reencoded_prefix_kv(pipe, batch) -> list:
     """Every row's prefix keys/values encoded afresh (source and null prefix): what a pipeline
     without the prefix cache pays for each camera, or, without the KV cache, at every scale."""
-    from core.nvs.sampling import cat_kv, cat_kv_time, expand_kv
+    from core.nvs.sampling import expand_kv
     m, h, N = pipe.model, batch.handle, batch.rows
     with torch.no_grad(), pipe.precision():
         if m.config.prefix_cond == "full":
@@ -61,15 +62,7 @@ def reencoded_prefix_kv(pipe, batch) -> list:
         else:
             kv = expand_kv(m.encode_prefix(m.embed_prefix(h.codes), m.source_condition(h.embedding)), N)
         null = expand_kv(m.encode_prefix(m.null_prefix(1), m.null_condition(1)), N) if batch.uncond is not None else None
-        if m.config.guide:  # the guide prefix, as NVSPipeline.prefix_kv lays it out
-            codes = batch.guide_codes if batch.guide_codes is not None else \
-                h.codes.new_zeros(N, m.config.num_tokens, m.config.latent_dim)
-            off = torch.full((N,), batch.guide_codes is None, dtype=torch.bool, device=codes.device)
-            kv = cat_kv_time(kv, m.encode_guide(codes, batch.cond, off))
-            null = cat_kv_time(null, null) if null is not None else None
-        if null is not None:
-            kv = cat_kv(kv, null)
-    return kv
+    return pipe.join_prefixes(kv, null, batch)
 
 
 def sample_baseline(pipe, batch, sampling, use_cache: bool) -> torch.Tensor:
@@ -132,7 +125,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from pathlib import Path
     from core import cameras
     from core.nvs import NVSPipeline
     from core.nvs.sampling import SamplingParams

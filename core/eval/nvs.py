@@ -107,8 +107,9 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
                "n_views": len(preds), "views": targets}
         for k, v in iou.items():
             ious[k] += v
+        guides = [None] * len(gts)
         if pipe.recon is not None:
-            g = guide_scores(pipe, handle, gts, gt_masks)
+            g, guides = guide_scores(pipe, handle, gts, gt_masks)
             rec.update({k: float(np.mean(v)) for k, v in g.items()})
             if handle.guide is None:
                 guide_failures += 1
@@ -121,8 +122,6 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
             Z.append(rec["zero_pose_psnr"])
         per[o.folder.name] = rec
         if figure_rows is not None and len(figure_rows) < figure_objects:
-            guides = [handle.guide.render(g.w2c).image if handle.guide is not None else None for g in gts] \
-                if pipe.recon is not None else [None] * len(gts)
             figure_rows.append((src.image, [(p, g.image, gd) for p, g, gd in zip(preds, gts, guides)]))
         P += ps
         S += ss
@@ -147,21 +146,22 @@ def evaluate(pipe, data, sampling=None, source_view: str = "000", max_objects: i
     return out
 
 
-def guide_scores(pipe, handle, gts, gt_masks) -> dict[str, list[float]]:
+def guide_scores(pipe, handle, gts, gt_masks) -> tuple[dict[str, list[float]], list]:
     """The guide alone as the prediction at each ground-truth camera (an empty view when the
-    source could not be lifted)."""
+    source could not be lifted): its scores, and its images for the figure (None: no guide)."""
     out = {"guide_psnr": [], "guide_ssim": [], "guide_silhouette_iou": []}
-    R = pipe.resolution
+    R, images = pipe.resolution, []
     for g, m in zip(gts, gt_masks):
         if handle.guide is not None:
             r = handle.guide.render(g.w2c)
             img, mask = r.image, r.alpha > 127
         else:
             img, mask = np.full((R, R, 3), 255, np.uint8), np.zeros((R, R), bool)
+        images.append(r.image if handle.guide is not None else None)
         out["guide_psnr"].append(metrics.psnr(img, g.image))
         out["guide_ssim"].append(metrics.ssim(img, g.image))
         out["guide_silhouette_iou"].append(metrics.silhouette_iou(mask, m))
-    return out
+    return out, images
 
 
 def make_figure(rows, path, max_views: int = 4) -> None:

@@ -177,13 +177,12 @@ def main(argv=None) -> int:
     pipe = ReconPipeline.from_pretrained(args.checkpoint, device=args.device)
     nvs = None
     if args.with_generated_views:
-        from core.checkpoint import CheckpointError
+        from core.checkpoint import CheckpointError, load_config
         from core.nvs import NVSPipeline
         views_in = len([v for v in args.input_views.split(",") if v.strip()]) + args.with_generated_views
         if views_in > pipe.config.max_views:
             ap.error(f"{views_in} views in (input + --with-generated-views) but {args.checkpoint} takes at most "
                      f"{pipe.config.max_views}")
-        from core.checkpoint import load_config
         try:  # a guide model is lifted by this same reconstruction model (its pairing is checked)
             guided = bool(load_config(args.nvs_checkpoint).get("guide"))
             nvs = NVSPipeline.from_pretrained(args.nvs_checkpoint, device=args.device, recon=pipe if guided else None)

@@ -99,9 +99,7 @@ def lift_guide(recon, image, w2c, fov_deg: float, size: int) -> tuple["Guide | N
     from core.mesh import MeshError
     from core.recon.pipeline import ReconInputError
     try:
-        scene = recon.reconstruct(image, np.asarray(w2c, np.float64), fov_deg)
-        mesh = scene.extract_mesh(resolution=GUIDE_MESH_RESOLUTION)
-        return Guide(mesh, size, fov_deg), ""
+        return Guide.from_scene(recon.reconstruct(image, np.asarray(w2c, np.float64), fov_deg), size, fov_deg), ""
     except (ReconInputError, MeshError, EmptyMeshError, cameras.CameraError) as e:
         return None, f"no 3-D guide for this photo ({e}); views come from the photo alone"
     except (ImportError, OSError) as e:  # no moderngl / libEGL: the raster cannot start

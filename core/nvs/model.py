@@ -3,13 +3,14 @@
 Sequence = [source prefix: L tokens][target: L tokens, coarse scale first]. The prefix is
 the source view's multi-scale codebook vectors (shared ``word_embed`` plus its own
 ``xlvl_embed``/``xpos_1LC``) and attends only to itself, bidirectionally. Target tokens of
-scale s see the whole prefix and target scales <= s (block-causal). A ``guide`` model (ours, see ``NVSConfig``) has a second prefix between them:
-the guide's L tokens (the lifted object rendered at the target camera, tokenised), encoded per
-target under the target's condition, attending only to themselves. The global condition
+scale s see the whole prefix and target scales <= s (block-causal). A ``guide`` model (ours, see
+``NVSConfig``) has a second prefix between them: the guide's L tokens (the lifted object rendered
+at the target camera, tokenised), encoded per target under the target's condition, attending only
+to themselves. The global condition
 ``emb_linear(pose_embed([image embedding, relative pose]))`` is the AdaLN input of every
 block and the start token; there is no AdaLN before the head. With ``copy_gate`` (ours, see
-``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place; ``guide`` adds a second gate for the
-guide's token at the same place.
+``NVSConfig``) a per-token gate adds to the logit of the source's token at the same place;
+``guide`` adds a second gate for the guide's token at the same place.
 
 Parameter names follow ArchonView's ``models/var.py`` / ``basic_var.py`` so its published
 weights map over by name (see ``importer.py``).
@@ -29,6 +30,11 @@ from core.nvs.embedders import CNNEncoder
 IDENTITY_POSE = (0.0, 0.0, 1.0, 0.0)  # relative pose of a view to itself: [d_theta, sin 0, cos 0, d_r]
 
 KV = tuple[torch.Tensor, torch.Tensor]  # per block: keys, values [B, H, T, head_dim]
+
+
+def cat_kv_time(a: list[KV], b: list[KV]) -> list[KV]:
+    """Two prefixes of the same rows -> one longer prefix (source tokens, then guide tokens)."""
+    return [(torch.cat((ka, kb.to(ka.dtype)), 2), torch.cat((va, vb.to(va.dtype)), 2)) for (ka, va), (kb, vb) in zip(a, b)]
 
 
 class KVCache:
@@ -160,10 +166,10 @@ class NVSTransformer(nn.Module, Pretrained):
         self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
         self.head = nn.Linear(C, cfg.vocab_size)
         self.copy_gate = nn.Linear(C, 1) if cfg.copy_gate else None
+        self.guide_gate = nn.Linear(C, 1) if cfg.guide else None
         if cfg.guide:  # the guide prefix: shared word_embed, its own level/position embeddings, its own gate
             self.glvl_embed = nn.Embedding(cfg.num_scales, C)
             self.gpos_1LC = nn.Parameter(torch.randn(1, L, C) * std)
-            self.guide_gate = nn.Linear(C, 1)
         lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(cfg.patch_nums)])
         self.register_buffer("lvl_1L", lvl[None], persistent=False)
         self.begin_ends = [(sum(p * p for p in cfg.patch_nums[:i]), sum(p * p for p in cfg.patch_nums[:i + 1]))
@@ -307,7 +313,7 @@ class NVSTransformer(nn.Module, Pretrained):
         same for the guide gate and the guide's tokens."""
         out = self.head(h).float()
         for gate, idx, use in ((self.copy_gate, src_idx, use_copy),
-                               (getattr(self, "guide_gate", None), guide_idx, use_guide)):
+                               (self.guide_gate, guide_idx, use_guide)):
             if gate is None or idx is None:
                 continue
             g = gate(h).float()
@@ -377,7 +383,7 @@ class NVSTransformer(nn.Module, Pretrained):
                     else torch.zeros(B, dtype=torch.bool, device=emb.device)
             off = guide_off | d[:, 0]
             gkv = self.encode_guide(guide_codes.to(prefix.dtype), cond, off)
-            kv = [(torch.cat((pk, gk), 2), torch.cat((pv, gv), 2)) for (pk, pv), (gk, gv) in zip(kv, gkv)]
+            kv = cat_kv_time(kv, gkv)
             use_guide = ~off
         x = torch.cat((self.start_tokens(cond), self.word_embed(x_tf[:, :T - self.first_l])
                        + self.lvl_embed(self.lvl_1L[:, self.first_l:T]) + self.pos_1LC[:, self.first_l:T]), dim=1)

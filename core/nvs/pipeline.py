@@ -38,8 +38,8 @@ from core import cameras
 from core.checkpoint import CheckpointError
 from core.data.io import composite_on_white, image_to_tensor, resize_area, tensor_to_image, zoom_images
 from core.nvs.config import NVSConfig
-from core.nvs.model import KV, NVSTransformer
-from core.nvs.sampling import SamplingError, SamplingParams, cat_kv, cat_kv_time, expand_kv, next_scale_sample
+from core.nvs.model import KV, NVSTransformer, cat_kv_time
+from core.nvs.sampling import SamplingError, SamplingParams, cat_kv, expand_kv, next_scale_sample
 
 __all__ = ["NVSPipeline", "Frame", "SourceHandle", "SampleBatch", "DistanceZoomPlan", "SamplingParams", "SamplingError",
            "check_camera", "check_pair", "tokenizer_fingerprint"]
@@ -311,12 +311,9 @@ class NVSPipeline:
         return SampleBatch(handle, cond, uncond, sampling.row_seeds(len(targets)), len(targets), sampling.samples,
                            src_idx, zoom=zoom, guide_idx=g_idx, guide_codes=g_codes)
 
-    def guide_image(self, handle: SourceHandle, w2c, size: int | None = None) -> Image.Image | None:
+    def guide_image(self, handle: SourceHandle, w2c) -> Image.Image | None:
         """The guide at camera ``w2c`` (the real camera: what the app shows first), or None."""
-        if handle.guide is None:
-            return None
-        img = handle.guide.render(check_camera("target_w2c", w2c)).image
-        return img if size is None or img.size[0] == size else img.resize((size, size), Image.Resampling.BOX)
+        return None if handle.guide is None else handle.guide.render(check_camera("target_w2c", w2c)).image
 
     @torch.no_grad()
     def guide_tokens(self, handle: SourceHandle, w2cs: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,16 +333,23 @@ class NVSPipeline:
             else:
                 kv = expand_kv(h.prefix_kv, N)
             null = expand_kv(self.null_prefix_kv(), N) if batch.uncond is not None else None
-            if m.config.guide:  # the guide prefix after the source's (nulled when there is none)
+            return self.join_prefixes(kv, null, batch)
+
+    def join_prefixes(self, kv: list[KV], null: list[KV] | None, batch: SampleBatch) -> list[KV]:
+        """Every row's source-prefix keys/values ``kv`` (and ``null``, the null prefix per row, when
+        guided) -> the whole prefix the sampler attends to: a guide model's guide prefix after the
+        source's (nulled where there is no guide), then the unconditional rows after the conditional
+        ones. The layout ``NVSTransformer.forward`` trains with; the benchmark's baselines use it too."""
+        m, N = self.model, batch.rows
+        with torch.no_grad(), self.precision():
+            if m.config.guide:
                 codes = batch.guide_codes if batch.guide_codes is not None else \
-                    h.codes.new_zeros(N, m.config.num_tokens, m.config.latent_dim)
+                    batch.handle.codes.new_zeros(N, m.config.num_tokens, m.config.latent_dim)
                 off = torch.full((N,), batch.guide_codes is None, dtype=torch.bool, device=self.device)
                 kv = cat_kv_time(kv, m.encode_guide(codes, batch.cond, off))
                 if null is not None:  # the unconditional guide prefix is the null prefix again
                     null = cat_kv_time(null, null)
-            if null is not None:
-                kv = cat_kv(kv, null)
-        return kv
+        return kv if null is None else cat_kv(kv, null)
 
     def _distance_zoom(self, s_w2c, tg: list, fov_deg: float) -> tuple[list, DistanceZoomPlan | None]:
         """With ``distance_zoom`` the model sees each target moved to the source's distance; the

@@ -146,11 +146,6 @@ def cat_kv(a: list[KV], b: list[KV]) -> list[KV]:
     return [(torch.cat((ka, kb)), torch.cat((va, vb))) for (ka, va), (kb, vb) in zip(a, b)]
 
 
-def cat_kv_time(a: list[KV], b: list[KV]) -> list[KV]:
-    """Two prefixes of the same rows -> one longer prefix (source tokens, then guide tokens)."""
-    return [(torch.cat((ka, kb.to(ka.dtype)), 2), torch.cat((va, vb.to(va.dtype)), 2)) for (ka, va), (kb, vb) in zip(a, b)]
-
-
 @torch.no_grad()
 def next_scale_sample(model: NVSTransformer, tok, cond: torch.Tensor, uncond: torch.Tensor | None,
                       prefix_kv: Callable[[], list[KV]], sampling: SamplingParams = SamplingParams(),
