@@ -20,6 +20,7 @@ WORK_LOG = re.compile(r"""
     | \b(?:last|previous|earlier|next|later)\s+(?:work\s+)?sessions?\b   # last session, the previous session's
     | \b(?:this|that)\s+(?:work\s+)?session\b(?!['’]s)                    # (an app's "this session's files" is fine)
     | \bwork[\s-]+(?:period|session)s?\b
+    | \btoday['’]s\b                                                     # today's build: a date or commit instead
 """, re.IGNORECASE | re.VERBOSE)
 
 
@@ -46,6 +47,7 @@ def work_log_lines(text: str) -> list[tuple[int, str]]:
     "two session-13 ideas that did not help",
     "This session re-ran the benchmark.",
     "the last session's run",
+    "on 100 of today's 422 objects",
     "what each work period tried",
     "Work sessions 4 and 5 trained it.",
 ])

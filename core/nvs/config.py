@@ -31,7 +31,7 @@ class NVSConfig:
     Moving a camera along its ray through the object is, to first order, a zoom; a small model
     did not learn that from ``d_r`` (its views kept the source's size), geometry gives it exactly.
 
-    ``guide`` (ours, off for imports and today's checkpoints): the 3-D anchor. The photo lifted by
+    ``guide`` (ours, off for imports and for checkpoints made before it): the 3-D anchor. The photo lifted by
     the reconstruction model and rasterised at the target camera (``core.nvs.guide``) is tokenised
     and enters as a second prefix of L tokens aligned with the target grid (its own level and
     position embeddings, started equal to the target's), encoded per target under the target's
