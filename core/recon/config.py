@@ -33,6 +33,10 @@ class ReconConfig:
     default_radius: float = 2.0
     max_views: int = 8              # input views at most (the photo plus generated ones when lifting)
     pixel_channels: int = 16        # > 0: also feed the field with pixel-aligned features of the input views
+    pixel_cnn: int = 0              # > 0: those features come from a CNN of this width at half the image
+                                    # resolution (fused with the ViT tokens), not from the patch grid alone
+    pixel_depth: bool = False       # the CNN also predicts each pixel's depth and the object's thickness
+                                    # behind it; a point's offset from that depth feeds the field (needs pixel_cnn)
     model_type: str = field(default="recon", repr=False)   # picks the module class (core.recon.pipeline.MODELS)
 
     def __post_init__(self):
@@ -43,6 +47,10 @@ class ReconConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.max_views < 1:
             raise ValueError(f"max_views must be >= 1, got {self.max_views}")
+        if self.pixel_cnn and not self.pixel_channels:
+            raise ValueError("pixel_cnn needs pixel_channels > 0 (the features it makes)")
+        if self.pixel_depth and not self.pixel_cnn:
+            raise ValueError("pixel_depth needs pixel_cnn > 0 (the CNN predicts the depth)")
         if self.enc_dim % self.enc_heads or self.tri_dim % self.tri_heads:
             raise ValueError("enc_dim and tri_dim must be multiples of their head counts")
 

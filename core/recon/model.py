@@ -117,6 +117,25 @@ class TriplaneBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
+class PixelCNN(nn.Module):
+    """Pixel-aligned features at half the view's resolution (pixelNeRF, Splatter Image): a small CNN
+    sees edges and local shading that an 8x8-pixel patch grid averages away, and the ViT's tokens,
+    upsampled onto the same grid, add what the whole view says (global context)."""
+
+    def __init__(self, in_ch: int, width: int, ctx_dim: int, out_ch: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1), nn.GELU(),
+                                  nn.Conv2d(width, width, 3, 2, 1), nn.GELU(),
+                                  nn.Conv2d(width, width, 3, 1, 1), nn.GELU())
+        self.ctx = nn.Conv2d(ctx_dim, width, 1)
+        self.out = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.GELU(), nn.Conv2d(width, out_ch, 1))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """x [N, in_ch, S, S], ctx [N, ctx_dim, g, g] -> [N, out_ch, S/2, S/2]."""
+        h = self.stem(x)
+        return self.out(h + F.interpolate(self.ctx(ctx), size=h.shape[-2:], mode="bilinear", align_corners=False))
+
+
 # ----------------------------------------------------------------------------- model
 
 class TriplaneState(NamedTuple):
@@ -163,20 +182,24 @@ class ReconModel(nn.Module, Pretrained):
             d = c.mlp_hidden
         self.field_mlp = nn.Sequential(*layers)
         if c.pixel_channels:
-            self.pix_proj = nn.Linear(c.enc_dim, c.pixel_channels)
-            self.view_mlp = nn.Sequential(nn.Linear(c.pixel_channels + 5, c.plane_channels), nn.SiLU(),
+            n_depth = 2 if c.pixel_depth else 0   # CNN: depth offset, log thickness; view MLP: the point against them
+            self.pix_cnn = PixelCNN(in_ch, c.pixel_cnn, c.enc_dim, c.pixel_channels + n_depth) if c.pixel_cnn else None
+            self.pix_proj = None if c.pixel_cnn else nn.Linear(c.enc_dim, c.pixel_channels)
+            self.view_mlp = nn.Sequential(nn.Linear(c.pixel_channels + 5 + 2 * n_depth, c.plane_channels), nn.SiLU(),
                                           nn.Linear(c.plane_channels, c.plane_channels))
         self.head = nn.Linear(d + (4 if c.pixel_channels else 0), 4)  # density, rgb (+ skip: sampled rgb, in-frame)
 
     # -- encoding ---------------------------------------------------------------------
 
+    def _pixels(self, images: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
+        """The views as the encoders see them: [B*V, 3 (+6 Plücker), S, S]."""
+        x = images.flatten(0, 1)
+        return torch.cat([x, rays.flatten(0, 1)], dim=1) if self.config.plucker else x
+
     def encode(self, images: torch.Tensor, cams: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
         """images [B,V,3,S,S] in [-1,1], cams [B,V,16], rays [B,V,6,S,S] -> tokens [B, V*P, D]."""
         B, V = images.shape[:2]
-        x = images.flatten(0, 1)
-        if self.config.plucker:
-            x = torch.cat([x, rays.flatten(0, 1)], dim=1)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_pos
+        x = self.patch_embed(self._pixels(images, rays)).flatten(2).transpose(1, 2) + self.enc_pos
         cam = self.cam_mlp(cams.flatten(0, 1))
         for blk in self.encoder:
             x = blk(x, cam)
@@ -189,7 +212,12 @@ class ReconModel(nn.Module, Pretrained):
         feat = None
         if self.config.pixel_channels:
             B, V, g = images.shape[0], images.shape[1], self.config.image_size // self.config.patch_size
-            feat = self.pix_proj(ctx).view(B, V, g, g, -1).permute(0, 1, 4, 2, 3)
+            if self.pix_cnn is None:
+                feat = self.pix_proj(ctx).view(B, V, g, g, -1).permute(0, 1, 4, 2, 3)
+            else:
+                grid = ctx.view(B * V, g, g, -1).permute(0, 3, 1, 2)
+                feat = self.pix_cnn(self._pixels(images, rays), grid)
+                feat = feat.view(B, V, *feat.shape[1:])
         c = self.config
         x = self.tri_tokens.expand(ctx.shape[0], -1, -1)
         for blk in self.decoder:
@@ -230,8 +258,15 @@ class ReconModel(nn.Module, Pretrained):
         rgb = F.grid_sample(state.images.flatten(0, 1).to(grid.dtype), grid, align_corners=False).view(B, V, 3, -1)
         inframe = (uv.abs() <= 1).all(-1).to(fs.dtype)
         radius = c2w[..., 3].norm(dim=-1)[:, :, None]
-        x = torch.cat([fs.transpose(2, 3), rgb.transpose(2, 3), inframe[..., None], (depth - radius)[..., None].to(fs.dtype)], -1)
-        return self.view_mlp(x).mean(1), x[..., -5:-1].mean(1)
+        rel = (depth - radius).to(fs.dtype)
+        extra = []
+        if self.config.pixel_depth:  # where the point sits against the predicted surface and thickness
+            d_hat, log_t = fs[:, :, -2], fs[:, :, -1]
+            behind = rel - d_hat
+            extra = [behind[..., None], (behind * torch.exp(-log_t.clamp(-4, 4)))[..., None]]
+        x = torch.cat([fs.transpose(2, 3), rgb.transpose(2, 3), inframe[..., None], rel[..., None]] + extra, -1)
+        n = len(extra)
+        return self.view_mlp(x).mean(1), x[..., -5 - n:-1 - n].mean(1)
 
     def query(self, state: TriplaneState, pts: torch.Tensor, with_rgb: bool = True):
         """Density [B,N] and colour [B,N,3] in [0,1] at canonical points; zero density outside the box."""

@@ -26,7 +26,8 @@ from core.recon.pipeline import prepare_views
 from core.recon.render import dense_render
 from core.train.common import Clock, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at, start_run
 
-SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch")  # what --force-schedule may change on --resume
+SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch", "w_mask", "w_depth", "w_occ", "occ_points",
+            "w_pixel_depth")  # what --force-schedule may change on --resume
 
 
 # ----------------------------------------------------------------------------- data
@@ -108,10 +109,58 @@ def has_split(root, split: str) -> bool:
     return (Path(root) / split).is_dir()
 
 
-def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in: int, targets: int, rays: int):
-    """Inputs and supervision rays (canonical frame) for ``batch`` random objects."""
+def depth_hull_occupancy(pts: np.ndarray, w2c: np.ndarray, fov: float, alpha: np.ndarray,
+                         depth: np.ndarray | None, margin: float = 0.03) -> np.ndarray:
+    """Occupancy labels [N] (bool) of world points from an object's rendered views: a point is empty
+    when some view sees background there (alpha under 10 %) or sees a surface more than ``margin``
+    behind it; every other point is occupied. The depth hull of all views: exact outside, and inside
+    it only cavities no view looks into are filled. Depth 0 (a background sample in a nearest-resized
+    map) carves nothing; points outside a view's frame are left to the other views."""
+    S = alpha.shape[-1]
+    K = cameras.intrinsics(fov, S)
+    pc = np.einsum("vij,nj->vni", w2c[:, :3, :3], pts) + w2c[:, None, :3, 3]   # [V, N, 3] camera frame
+    z = -pc[..., 2]
+    zs = np.where(z > 1e-6, z, 1e-6)
+    u = K[0, 0] * pc[..., 0] / zs + K[0, 2]
+    v = -K[1, 1] * pc[..., 1] / zs + K[1, 2]
+    seen = (z > 1e-6) & (u >= 0) & (u < S) & (v >= 0) & (v < S)
+    ui, vi = np.clip(u.astype(np.int64), 0, S - 1), np.clip(v.astype(np.int64), 0, S - 1)
+    vix = np.arange(len(w2c))[:, None]
+    empty = alpha[vix, vi, ui] < 26
+    if depth is not None:
+        d = depth[vix, vi, ui].astype(np.float32)
+        empty |= (d > 0) & (z < d - margin)
+    return ~(seen & empty).any(0)
+
+
+def occupancy_points(o: dict, rng: np.random.Generator, n: int, radius: float, noise: float = 0.03) -> np.ndarray:
+    """``n`` world points for occupancy supervision: half uniform in the field's box, half near the
+    surface (random foreground pixels of random views lifted by their depth, plus Gaussian noise)."""
+    n_near = n // 2 if o["depth"] is not None else 0
+    pts = [rng.uniform(-radius, radius, (n - n_near, 3))]
+    if n_near:
+        V, S = o["depth"].shape[:2]
+        vs, ii, jj = rng.integers(0, V, 4 * n_near), rng.integers(0, S, 4 * n_near), rng.integers(0, S, 4 * n_near)
+        z = o["depth"][vs, ii, jj].astype(np.float32)
+        ok = np.flatnonzero((z > 0) & (o["alpha"][vs, ii, jj] > 127))[:n_near]
+        if len(ok):
+            vs, ii, jj, z = vs[ok], ii[ok], jj[ok], z[ok]
+            K = cameras.intrinsics(o["fov"], S)
+            pc = np.stack([(jj + 0.5 - K[0, 2]) / K[0, 0] * z, -(ii + 0.5 - K[1, 2]) / K[1, 1] * z, -z], -1)
+            R, t = o["w2c"][vs, :, :3], o["w2c"][vs, :, 3]
+            surf = np.einsum("nji,nj->ni", R, pc - t)                      # R^T (p_c - t)
+            pts.append(np.clip(surf + rng.normal(0, noise, surf.shape), -radius, radius))
+        pts.append(rng.uniform(-radius, radius, (n_near - len(ok), 3)))
+    return np.concatenate(pts).astype(np.float32)
+
+
+def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in: int, targets: int, rays: int,
+               occ_points: int = 0, box_radius: float = 0.6):
+    """Inputs and supervision rays (canonical frame) for ``batch`` random objects; with ``occ_points``,
+    also that many 3-D points per object (canonical frame) with depth-hull occupancy labels."""
     S = cache.size
     xs, cams, plk, ro, rd, cols, alphas, depths, cosines = [], [], [], [], [], [], [], [], []
+    occ_p, occ_y, in_depth = [], [], []
     for k in rng.integers(0, len(cache.objects), batch):
         o = cache.objects[k]
         V = len(o["w2c"])
@@ -126,6 +175,9 @@ def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in:
         pad = views_in - n_in  # pad to a fixed view count by repeating view 0 (same camera: harmless)
         xs.append(torch.cat([x, x[:1].repeat(pad, 1, 1, 1)]))
         cams.append(torch.cat([c, c[:1].repeat(pad, 1)]))
+        if o["depth"] is not None:  # the input views' own depth (pixel_depth models learn to predict it)
+            dz = torch.from_numpy(np.asarray(o["depth"][vin], dtype=np.float32))
+            in_depth.append(torch.cat([dz, dz[:1].repeat(pad, 1, 1)]))
         plk.append(torch.cat([p, p[:1].repeat(pad, 1, 1, 1)]))
         K = cameras.intrinsics(o["fov"], S)
         rot_t = torch.from_numpy(rot)
@@ -147,15 +199,27 @@ def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in:
             r_cos.append(dg @ torch.from_numpy(-o["w2c"][v][2, :3]))  # ray distance -> z-depth factor
         for lst, r in ((ro, r_o), (rd, r_d), (cols, r_c), (alphas, r_a), (depths, r_z), (cosines, r_cos)):
             lst.append(torch.cat(r))
+        if occ_points:
+            pw = occupancy_points(o, rng, occ_points, box_radius * 0.95)
+            depth_maps = None if o["depth"] is None else np.asarray(o["depth"])
+            occ_y.append(torch.from_numpy(depth_hull_occupancy(pw, np.asarray(o["w2c"]), o["fov"], np.asarray(o["alpha"]),
+                                                               depth_maps)).float())
+            occ_p.append(torch.from_numpy(pw) @ rot_t.T)
     st = torch.stack
     jitter = torch.from_numpy(rng.random((batch, targets * rays), dtype=np.float32))  # stratified sampling, per ray
-    return {"images": st(xs), "cams": st(cams), "rays": st(plk), "o": st(ro), "d": st(rd), "rgb": st(cols),
-            "alpha": st(alphas), "depth": st(depths), "cos": st(cosines), "jitter": jitter}
+    out = {"images": st(xs), "cams": st(cams), "rays": st(plk), "o": st(ro), "d": st(rd), "rgb": st(cols),
+           "alpha": st(alphas), "depth": st(depths), "cos": st(cosines), "jitter": jitter}
+    if occ_points:
+        out.update(occ_pts=st(occ_p), occ=st(occ_y))
+    if len(in_depth) == batch:
+        out["in_depth"] = st(in_depth)
+    return out
 
 
 # ----------------------------------------------------------------------------- loss
 
-def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: float):
+def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: float, w_occ: float = 0.0,
+           w_pixel_depth: float = 0.0):
     planes = model(b["images"], b["cams"], b["rays"])
     field = lambda pts: model.query(planes, pts)  # noqa: E731
     rgb, opacity, dist = dense_render(field, b["o"], b["d"], model.config.box_radius, n_samples,
@@ -171,6 +235,22 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
     else:
         out["depth"] = torch.zeros((), device=rgb.device)
     out["loss"] = out["rgb"] + w_mask * out["mask"] + w_depth * out["depth"]
+    if w_occ > 0 and "occ" in b:
+        # occupancy = sigma / (sigma + mc_level): the labelled boundary is where marching cubes puts the surface
+        sigma, _ = model.query(planes, b["occ_pts"], with_rgb=False)
+        logit = torch.log(sigma.clamp(min=1e-6)) - math.log(model.config.mc_level)
+        out["occ"] = torch.nn.functional.binary_cross_entropy_with_logits(logit, b["occ"])
+        out["loss"] = out["loss"] + w_occ * out["occ"]
+    if w_pixel_depth > 0 and model.config.pixel_depth and "in_depth" in b:
+        # the CNN's depth channel against the input views' own depth (offset from the camera's distance)
+        pred = planes.feat[:, :, -2]                                        # [B, V, S/2, S/2]
+        k = b["in_depth"].shape[-1] // pred.shape[-1]
+        gt = b["in_depth"][..., ::k, ::k]
+        radius = b["cams"][..., :12].view(*b["cams"].shape[:2], 3, 4)[..., 3].norm(dim=-1)
+        ok = (gt > 0).float()
+        err = (pred.float() - (gt - radius[..., None, None])).abs() * ok
+        out["pixel_depth"] = (err.flatten(1).sum(-1) / ok.flatten(1).sum(-1).clamp(min=1)).mean()
+        out["loss"] = out["loss"] + w_pixel_depth * out["pixel_depth"]
     out["psnr"] = -10 * torch.log10(out["rgb"].detach().clamp(min=1e-10))
     return out
 
@@ -211,6 +291,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--w-mask", type=float, default=0.5)
     ap.add_argument("--w-depth", type=float, default=0.1)
+    ap.add_argument("--w-occ", type=float, default=0.0, help="weight of the 3-D occupancy loss (depth-hull labels "
+                    "from all of an object's views; see depth_hull_occupancy)")
+    ap.add_argument("--occ-points", type=int, default=1024, help="3-D points per object for the occupancy loss")
+    ap.add_argument("--w-pixel-depth", type=float, default=0.5, help="weight of the input views' depth loss "
+                    "(models with pixel_depth only)")
     ap.add_argument("--init", default=None, help="fresh run: copy every tensor whose name and shape match from this checkpoint")
     ap.add_argument("--config", default=None, help="JSON of ReconConfig overrides for a fresh run")
     ap.add_argument("--max-objects", type=int, default=None)
@@ -269,13 +354,15 @@ def main(argv=None) -> int:
         except (CheckpointError, OSError, KeyError, ValueError) as e:
             raise SystemExit(f"--resume: cannot load {run.latest}: {e}")
         print(f"resumed from {run.latest} at step {state['step']}")
+    occ_n = args.occ_points if args.w_occ > 0 else 0
     probe_batch = {k: v[:max(1, args.batch // dist.world)].to(dev) for k, v in
                    make_batch(train, np.random.default_rng(12345), args.batch, args.views_in, args.targets,
-                              args.rays).items()}
+                              args.rays, occ_n, cfg.box_radius).items()}
 
     def probe(prec: str) -> None:  # one forward + backward on one local batch, for --precision auto
         with autocast(prec, dev):
-            losses(model, probe_batch, args.samples, args.w_mask, args.w_depth)["loss"].backward()
+            losses(model, probe_batch, args.samples, args.w_mask, args.w_depth, args.w_occ,
+                   args.w_pixel_depth)["loss"].backward()
         opt.zero_grad(set_to_none=True)
     precision = rt.choose_precision(probe, resumed=state.get("precision"))
     print(f"model {model.num_parameters() / 1e6:.2f}M params, planes 3x{cfg.plane_channels}x{cfg.plane_res}^2, "
@@ -297,11 +384,12 @@ def main(argv=None) -> int:
     while step < args.steps and not dist.agree_to_stop(stop.requested or clock.over):
         # the global batch (the same on every process), then this process's rows of it
         b = {k: v[dist.shard(args.batch)].to(dev)
-             for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays).items()}
+             for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays, occ_n,
+                                    cfg.box_radius).items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_progress=clock.progress)
         with autocast(precision, dev):
-            L = losses(model, b, args.samples, args.w_mask, args.w_depth)
+            L = losses(model, b, args.samples, args.w_mask, args.w_depth, args.w_occ, args.w_pixel_depth)
         opt.zero_grad(set_to_none=True)
         L["loss"].backward()
         dist.all_reduce_grads(model.parameters())
