@@ -139,3 +139,16 @@ def test_bench_train_times_both_precisions_and_says_what_auto_picks(model, tmp_p
     assert res["auto_picks"]["choice"] in ("fp32", "bf16") and res["auto_picks"]["measured"]
     if model == "recon":
         assert 0 < res["data"]["data_wait_fraction"] < 1 and res["data"]["objects"] == 2
+
+
+def test_resume_check_reads_a_json_config_by_value_not_by_spelling():
+    import pytest
+    from core.checkpoint import CheckpointError
+    from core.train.common import check_resume_args
+
+    saved = {"config": '{"a": 1, "b": [2, 3]}', "steps": 10}
+    check_resume_args(saved, {"config": '{"b": [2,3], "a": 1}', "steps": 10}, ("steps",), ("config",), False)
+    with pytest.raises(CheckpointError, match="model differs"):
+        check_resume_args(saved, {"config": '{"a": 2, "b": [2, 3]}', "steps": 10}, ("steps",), ("config",), False)
+    with pytest.raises(CheckpointError, match="schedule differs"):
+        check_resume_args(saved, {"config": saved["config"], "steps": 20}, ("steps",), ("config",), False)

@@ -26,6 +26,7 @@ from core.recon.pipeline import prepare_views
 from core.recon.render import dense_render
 from core.train.common import Clock, StopSignal, add_runtime_args, autocast, check_resume_args, lr_at, start_run
 
+EMPTY_DENSITY = 0.2   # what the occupancy loss calls empty (see losses)
 SCHEDULE = ("steps", "lr", "warmup", "time_limit", "batch", "w_mask", "w_depth", "w_occ", "occ_points",
             "w_pixel_depth")  # what --force-schedule may change on --resume
 
@@ -236,9 +237,12 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
         out["depth"] = torch.zeros((), device=rgb.device)
     out["loss"] = out["rgb"] + w_mask * out["mask"] + w_depth * out["depth"]
     if w_occ > 0 and "occ" in b:
-        # occupancy = sigma / (sigma + mc_level): the labelled boundary is where marching cubes puts the surface
+        # occupied points: density above the marching-cubes level (sigma / (sigma + level) > 1/2); empty points:
+        # below EMPTY_DENSITY, low enough that a ray through a whole box of it stays clear (1.2 x 0.2 -> 21 %
+        # opacity), since a haze under the mesh level still renders as a smear
         sigma, _ = model.query(planes, b["occ_pts"], with_rgb=False)
-        logit = torch.log(sigma.clamp(min=1e-6)) - math.log(model.config.mc_level)
+        level = torch.where(b["occ"] > 0.5, math.log(model.config.mc_level), math.log(EMPTY_DENSITY))
+        logit = torch.log(sigma.clamp(min=1e-6)) - level
         out["occ"] = torch.nn.functional.binary_cross_entropy_with_logits(logit, b["occ"])
         out["loss"] = out["loss"] + w_occ * out["occ"]
     if w_pixel_depth > 0 and model.config.pixel_depth and "in_depth" in b:
