@@ -79,7 +79,7 @@ def check_knobs(a) -> None:
 
 def input_camera(a) -> tuple[float, float]:
     """The photo's (elevation, distance): the flags, else what the app assumes: the reconstruction
-    checkpoint's training defaults when it has them (17.6 deg, 2 for the shipped one), else 20 deg, 2."""
+    checkpoint's training defaults when it has them (19.5 deg, 2 for the shipped one), else 20 deg, 2."""
     from core.checkpoint import CheckpointError, load_config
     from core.recon.config import ReconConfig
     try:
@@ -181,7 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "used instead of --checkpoints' nvs/ and recon/ (default $VANTAGE_MODELS)")
     common.add_argument("--input-elevation", type=float, default=None,
                         help="how far above the object the photo was taken, degrees (default: as the app, the "
-                             "reconstruction model's training elevation, 17.6 for the shipped one, else 20)")
+                             "reconstruction model's training elevation, 19.5 for the shipped one, else 20)")
     common.add_argument("--input-distance", type=float, default=None,
                         help="camera distance of the photo (default: as the app, 2 for the shipped models)")
     common.add_argument("--keep-background", action="store_true", help="do not cut out a plain background")

@@ -11,6 +11,8 @@ from core import photo
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "assets" / "render_car.png")
+# the photo's assumed elevation is the shipped reconstruction model's, and it names the files
+EL = json.loads((ROOT / "checkpoints" / "recon" / "config.json").read_text())["default_elevation_deg"]
 
 
 def run(capsys, *argv):
@@ -24,18 +26,18 @@ def test_views_write_every_frame_and_repeat_with_the_seed(tmp_path, capsys):
     assert rc == 0 and res["n_views"] == 1
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == sorted(res["files"]) and len(files) == 1 + 10            # input + 9 previews + final
-    final = np.asarray(Image.open(tmp_path / "a" / "view_az90_el17.6_r2.png"))
+    final = np.asarray(Image.open(tmp_path / "a" / f"view_az90_el{EL:g}_r2.png"))
     assert final.shape == (128, 128, 3) and final.std() > 5
     rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "b"), "--azimuth", "90", "-160", "--seed", "0")
-    assert rc == 0 and res["files"] == ["input.png", "view_az90_el17.6_r2.png", "view_az-160_el17.6_r2.png"]
+    assert rc == 0 and res["files"] == ["input.png", f"view_az90_el{EL:g}_r2.png", f"view_az-160_el{EL:g}_r2.png"]
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "c"), "--azimuth", "90", "--previews", "--quiet")
-    again = np.asarray(Image.open(tmp_path / "c" / "view_az90_el17.6_r2.png"))
+    again = np.asarray(Image.open(tmp_path / "c" / f"view_az90_el{EL:g}_r2.png"))
     assert np.array_equal(final, again)                                     # same seed, same view
     run(capsys, "views", PHOTO, "--out", str(tmp_path / "d"), "--azimuth", "90", "--seed", "1")
-    assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / "view_az90_el17.6_r2.png")))
+    assert not np.array_equal(final, np.asarray(Image.open(tmp_path / "d" / f"view_az90_el{EL:g}_r2.png")))
     rc, res, _ = run(capsys, "views", PHOTO, "--out", str(tmp_path / "e"), "--azimuth", "90", "--samples", "2")
-    mean = np.asarray(Image.open(tmp_path / "e" / "view_az90_el17.6_r2.png")).astype(float)
-    expect = (final.astype(float) + np.asarray(Image.open(tmp_path / "d" / "view_az90_el17.6_r2.png"))) / 2
+    mean = np.asarray(Image.open(tmp_path / "e" / f"view_az90_el{EL:g}_r2.png")).astype(float)
+    expect = (final.astype(float) + np.asarray(Image.open(tmp_path / "d" / f"view_az90_el{EL:g}_r2.png"))) / 2
     assert rc == 0 and res["samples"] == 2 and np.abs(mean - expect).max() <= 1   # seeds 0 and 1, averaged
 
 
