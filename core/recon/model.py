@@ -8,7 +8,9 @@ Layout (OpenLRM/TripoSR, shrunk for a 2-core CPU):
   * learned triplane tokens (3 x G x G) run through a transformer with self-attention and
     cross-attention to all image tokens;
   * transposed convolutions upsample the tokens to three feature planes;
-  * a small MLP turns the concatenated plane features of a 3-D point into density and colour.
+  * a small MLP turns the concatenated plane features of a 3-D point into density and colour,
+    with pixel-aligned features of the input views (from the ViT's patch grid, or with ``pixel_cnn`` a
+    half-resolution CNN that can also predict each pixel's depth: ``pixel_depth``).
 
 Everything is expressed in a *canonical* frame: the world rotated about +Z so that the
 first input camera sits at azimuth 0. Cameras with no roll looking at the origin are
@@ -259,14 +261,14 @@ class ReconModel(nn.Module, Pretrained):
         inframe = (uv.abs() <= 1).all(-1).to(fs.dtype)
         radius = c2w[..., 3].norm(dim=-1)[:, :, None]
         rel = (depth - radius).to(fs.dtype)
+        skip = torch.cat([rgb.transpose(2, 3), inframe[..., None]], -1)             # [B,V,N,4]
         extra = []
         if self.config.pixel_depth:  # where the point sits against the predicted surface and thickness
             d_hat, log_t = fs[:, :, -2], fs[:, :, -1]
             behind = rel - d_hat
             extra = [behind[..., None], (behind * torch.exp(-log_t.clamp(-4, 4)))[..., None]]
-        x = torch.cat([fs.transpose(2, 3), rgb.transpose(2, 3), inframe[..., None], rel[..., None]] + extra, -1)
-        n = len(extra)
-        return self.view_mlp(x).mean(1), x[..., -5 - n:-1 - n].mean(1)
+        x = torch.cat([fs.transpose(2, 3), skip, rel[..., None]] + extra, -1)
+        return self.view_mlp(x).mean(1), skip.mean(1)
 
     def query(self, state: TriplaneState, pts: torch.Tensor, with_rgb: bool = True):
         """Density [B,N] and colour [B,N,3] in [0,1] at canonical points; zero density outside the box."""
