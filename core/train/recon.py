@@ -3,8 +3,11 @@
 Each step takes a batch of objects, encodes 1..``--views-in`` of their views with their
 cameras, and supervises renders of *other* views of the same objects on random rays
 (half on the object, half anywhere) with colour MSE on white, a mask loss on the
-accumulated opacity and, where the dataset has depth, an L1 depth loss. The whole
-dataset is decoded once into memory at the model's resolution (small: 64 px). The run folder is
+accumulated opacity and, where the dataset has depth, an L1 depth loss. ``--w-occ`` adds
+direct 3-D supervision: points labelled occupied or empty by the depth hull of all the
+object's views (``depth_hull_occupancy``); ``--w-pixel-depth`` supervises a ``pixel_depth``
+model's depth channel with the input view's depth. A folder corpus is decoded once into
+memory at the model's resolution; a shards folder is memory-mapped. The run folder is
 ``core.train.common.RunFolder``'s (``ckpt-latest/`` with the optimizer state, ``ckpt-best/``,
 ``log.jsonl``, the final model in ``--out``); ``--resume`` continues exactly where it stopped.
 """
