@@ -182,6 +182,18 @@ def project(points: np.ndarray, w2c: np.ndarray, K: np.ndarray) -> tuple[np.ndar
     return uv, depth
 
 
+def unproject(uv: np.ndarray, depth: np.ndarray, w2c: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The inverse of ``project``: pixels [N,2] (u right, v down) at depth [N] along the viewing
+    direction -> world points [N,3]. ``w2c`` is one camera [3,4] or one per point [N,3,4]."""
+    uv, depth = np.asarray(uv, dtype=np.float64), np.asarray(depth, dtype=np.float64)
+    K, w2c = np.asarray(K, dtype=np.float64), np.asarray(w2c, dtype=np.float64)
+    x = (uv[:, 0] - K[0, 2]) / K[0, 0] * depth
+    y = (uv[:, 1] - K[1, 2]) / K[1, 1] * depth
+    cam = np.stack([x, -y, -depth], axis=1)  # OpenCV -> OpenGL axes
+    R, t = w2c[..., :3, :3], w2c[..., :3, 3]
+    return np.einsum("...ji,...j->...i", R, cam - t)  # R^T (p_cam - t)
+
+
 def get_rays(w2c, K, size: int | tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel ray origins and unit directions in world space, each [H, W, 3] float32."""
     h, w = (size, size) if isinstance(size, int) else size

@@ -116,3 +116,17 @@ def test_validate_w2c_reports_problems():
     skewed[:3] = w2c
     skewed[3, 3] = 51.0
     assert any("bottom row" in p for p in C.validate_w2c(skewed))
+
+
+def test_unproject_inverts_project_for_one_camera_and_one_per_point():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-0.5, 0.5, (50, 3))
+    w2cs = [C.pose_from_spherical(az, el, r) for az, el, r in ((30, 20, 2.0), (-120, -15, 1.6))]
+    K = C.intrinsics(40.0, 64)
+    for w in w2cs:
+        uv, d = C.project(pts, w, K)
+        assert np.allclose(C.unproject(uv, d, w, K), pts, atol=1e-6)
+    per = np.stack([w2cs[i % 2] for i in range(len(pts))])
+    uv = np.stack([C.project(p[None], w, K)[0][0] for p, w in zip(pts, per)])
+    d = np.array([C.project(p[None], w, K)[1][0] for p, w in zip(pts, per)])
+    assert np.allclose(C.unproject(uv, d, per, K), pts, atol=1e-6)

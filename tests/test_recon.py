@@ -449,10 +449,21 @@ def test_train_with_occupancy_and_pixel_depth(toy_data, tmp_path):
     model = ReconPipeline.from_pretrained(out).model
     assert model.config.pixel_depth and model.config.pixel_cnn == 8
     cache = ViewCache(toy_data, 32, "train")
-    b = make_batch(cache, np.random.default_rng(0), 2, 1, 2, 16, occ_points=32)
+    b = make_batch(cache, np.random.default_rng(0), 2, 1, 2, 16, occ_points=32, input_depth=True)
     assert b["occ_pts"].shape == (2, 32, 3) and b["occ"].shape == (2, 32) and b["in_depth"].shape == (2, 1, 32, 32)
     model.zero_grad()
     L = losses(model, b, 8, 0.0, 0.0, 0.0, 1.0)
     (L["pixel_depth"]).backward()
     assert model.pix_cnn.out[-1].weight.grad[-2].abs().sum() > 0        # the depth channel learns
     assert model.pix_cnn.out[-1].weight.grad[-1].abs().sum() == 0       # thickness: no direct target
+    # the occupancy loss points the right way: with every point labelled occupied, more density is less loss
+    b["occ"] = torch.ones_like(b["occ"])
+    with torch.no_grad():
+        low = losses(model, b, 8, 0.0, 0.0, 1.0)["occ"]
+        model.config.density_bias += 5.0
+        high = losses(model, b, 8, 0.0, 0.0, 1.0)["occ"]
+        b["occ"] = torch.zeros_like(b["occ"])
+        high_empty = losses(model, b, 8, 0.0, 0.0, 1.0)["occ"]
+        model.config.density_bias -= 5.0
+        low_empty = losses(model, b, 8, 0.0, 0.0, 1.0)["occ"]
+    assert high < low and low_empty < high_empty

@@ -198,19 +198,28 @@ class ReconModel(nn.Module, Pretrained):
         x = images.flatten(0, 1)
         return torch.cat([x, rays.flatten(0, 1)], dim=1) if self.config.plucker else x
 
-    def encode(self, images: torch.Tensor, cams: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
-        """images [B,V,3,S,S] in [-1,1], cams [B,V,16], rays [B,V,6,S,S] -> tokens [B, V*P, D]."""
+    def encode(self, images: torch.Tensor, cams: torch.Tensor, rays: torch.Tensor | None,
+               pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """images [B,V,3,S,S] in [-1,1], cams [B,V,16], rays [B,V,6,S,S] -> tokens [B, V*P, D]
+        (``pixels``: ``_pixels(images, rays)`` when the caller has it already)."""
         B, V = images.shape[:2]
-        x = self.patch_embed(self._pixels(images, rays)).flatten(2).transpose(1, 2) + self.enc_pos
+        pixels = self._pixels(images, rays) if pixels is None else pixels
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2) + self.enc_pos
         cam = self.cam_mlp(cams.flatten(0, 1))
         for blk in self.encoder:
             x = blk(x, cam)
         return self.enc_norm(x).reshape(B, V * x.shape[1], -1)
 
+    @staticmethod
+    def camera_radius(cams: torch.Tensor) -> torch.Tensor:
+        """Each input camera's distance from the origin [B, V], from its 16 camera features."""
+        return cams[..., :12].unflatten(-1, (3, 4))[..., 3].norm(dim=-1)
+
     def forward(self, images, cams, rays=None) -> TriplaneState:
         """-> TriplaneState: triplanes [B, 3, C, R, R] (planes xy, xz, yz of the canonical frame)
         and, with ``pixel_channels``, the per-view feature maps for pixel-aligned lookups."""
-        ctx = self.encode(images, cams, rays)
+        pixels = self._pixels(images, rays)
+        ctx = self.encode(images, cams, rays, pixels)
         feat = None
         if self.config.pixel_channels:
             B, V, g = images.shape[0], images.shape[1], self.config.image_size // self.config.patch_size
@@ -218,7 +227,7 @@ class ReconModel(nn.Module, Pretrained):
                 feat = self.pix_proj(ctx).view(B, V, g, g, -1).permute(0, 1, 4, 2, 3)
             else:
                 grid = ctx.view(B * V, g, g, -1).permute(0, 3, 1, 2)
-                feat = self.pix_cnn(self._pixels(images, rays), grid)
+                feat = self.pix_cnn(pixels, grid)
                 feat = feat.view(B, V, *feat.shape[1:])
         c = self.config
         x = self.tri_tokens.expand(ctx.shape[0], -1, -1)
@@ -259,7 +268,7 @@ class ReconModel(nn.Module, Pretrained):
         fs = F.grid_sample(state.feat.flatten(0, 1), grid, align_corners=False).view(B, V, -1, pts.shape[1])
         rgb = F.grid_sample(state.images.flatten(0, 1).to(grid.dtype), grid, align_corners=False).view(B, V, 3, -1)
         inframe = (uv.abs() <= 1).all(-1).to(fs.dtype)
-        radius = c2w[..., 3].norm(dim=-1)[:, :, None]
+        radius = self.camera_radius(state.cams).to(pts.dtype)[:, :, None]
         rel = (depth - radius).to(fs.dtype)
         skip = torch.cat([rgb.transpose(2, 3), inframe[..., None]], -1)             # [B,V,N,4]
         extra = []

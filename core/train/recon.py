@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core import cameras
 from core.checkpoint import CheckpointError, config_from_dict, load_config
@@ -122,26 +123,29 @@ def depth_hull_occupancy(pts: np.ndarray, w2c: np.ndarray, fov: float, alpha: np
     map) carves nothing; points outside a view's frame are left to the other views."""
     S = alpha.shape[-1]
     K = cameras.intrinsics(fov, S)
-    pc = np.einsum("vij,nj->vni", w2c[:, :3, :3], pts) + w2c[:, None, :3, 3]   # [V, N, 3] camera frame
-    z = -pc[..., 2]
-    zs = np.where(z > 1e-6, z, 1e-6)
-    u = K[0, 0] * pc[..., 0] / zs + K[0, 2]
-    v = -K[1, 1] * pc[..., 1] / zs + K[1, 2]
-    seen = (z > 1e-6) & (u >= 0) & (u < S) & (v >= 0) & (v < S)
-    ui, vi = np.clip(u.astype(np.int64), 0, S - 1), np.clip(v.astype(np.int64), 0, S - 1)
-    vix = np.arange(len(w2c))[:, None]
-    empty = alpha[vix, vi, ui] < 26
-    if depth is not None:
-        d = depth[vix, vi, ui].astype(np.float32)
-        empty |= (d > 0) & (z < d - margin)
-    return ~(seen & empty).any(0)
+    empty = np.zeros(len(pts), bool)
+    for v in range(len(w2c)):
+        uv, z = cameras.project(pts, w2c[v], K)
+        seen = (z > 1e-6) & np.isfinite(uv).all(1) & (uv >= 0).all(1) & (uv < S).all(1)
+        ui, vi = (np.clip(np.nan_to_num(uv[:, k]).astype(np.int64), 0, S - 1) for k in (0, 1))
+        e = alpha[v][vi, ui] < 26
+        if depth is not None:
+            d = depth[v][vi, ui].astype(np.float32)
+            e |= (d > 0) & (z < d - margin)
+        empty |= seen & e
+    return ~empty
 
 
-def occupancy_points(o: dict, rng: np.random.Generator, n: int, radius: float, noise: float = 0.03) -> np.ndarray:
+def occupancy_points(o: dict, rng: np.random.Generator, n: int, radius: float, noise: float = 0.03,
+                     rot: np.ndarray | None = None) -> np.ndarray:
     """``n`` world points for occupancy supervision: half uniform in the field's box, half near the
-    surface (random foreground pixels of random views lifted by their depth, plus Gaussian noise)."""
+    surface (random foreground pixels of random views lifted by their depth, plus Gaussian noise).
+    With ``rot`` (world -> canonical) the uniform half fills the canonical box the model queries."""
+    def uniform(m):
+        u = rng.uniform(-radius, radius, (m, 3))
+        return u if rot is None else u @ rot  # canonical -> world (rot is orthonormal)
     n_near = n // 2 if o["depth"] is not None else 0
-    pts = [rng.uniform(-radius, radius, (n - n_near, 3))]
+    pts = [uniform(n - n_near)]
     if n_near:
         V, S = o["depth"].shape[:2]
         vs, ii, jj = rng.integers(0, V, 4 * n_near), rng.integers(0, S, 4 * n_near), rng.integers(0, S, 4 * n_near)
@@ -149,19 +153,18 @@ def occupancy_points(o: dict, rng: np.random.Generator, n: int, radius: float, n
         ok = np.flatnonzero((z > 0) & (o["alpha"][vs, ii, jj] > 127))[:n_near]
         if len(ok):
             vs, ii, jj, z = vs[ok], ii[ok], jj[ok], z[ok]
-            K = cameras.intrinsics(o["fov"], S)
-            pc = np.stack([(jj + 0.5 - K[0, 2]) / K[0, 0] * z, -(ii + 0.5 - K[1, 2]) / K[1, 1] * z, -z], -1)
-            R, t = o["w2c"][vs, :, :3], o["w2c"][vs, :, 3]
-            surf = np.einsum("nji,nj->ni", R, pc - t)                      # R^T (p_c - t)
+            uv = np.stack([jj + 0.5, ii + 0.5], -1)
+            surf = cameras.unproject(uv, z, np.asarray(o["w2c"])[vs], cameras.intrinsics(o["fov"], S))
             pts.append(np.clip(surf + rng.normal(0, noise, surf.shape), -radius, radius))
-        pts.append(rng.uniform(-radius, radius, (n_near - len(ok), 3)))
+        pts.append(uniform(n_near - len(ok)))
     return np.concatenate(pts).astype(np.float32)
 
 
 def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in: int, targets: int, rays: int,
-               occ_points: int = 0, box_radius: float = 0.6):
+               occ_points: int = 0, box_radius: float = 0.6, input_depth: bool = False):
     """Inputs and supervision rays (canonical frame) for ``batch`` random objects; with ``occ_points``,
-    also that many 3-D points per object (canonical frame) with depth-hull occupancy labels."""
+    also that many 3-D points per object (canonical frame) with depth-hull occupancy labels; with
+    ``input_depth``, the input views' own depth maps (what a ``pixel_depth`` model learns to predict)."""
     S = cache.size
     xs, cams, plk, ro, rd, cols, alphas, depths, cosines = [], [], [], [], [], [], [], [], []
     occ_p, occ_y, in_depth = [], [], []
@@ -179,7 +182,7 @@ def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in:
         pad = views_in - n_in  # pad to a fixed view count by repeating view 0 (same camera: harmless)
         xs.append(torch.cat([x, x[:1].repeat(pad, 1, 1, 1)]))
         cams.append(torch.cat([c, c[:1].repeat(pad, 1)]))
-        if o["depth"] is not None:  # the input views' own depth (pixel_depth models learn to predict it)
+        if input_depth and o["depth"] is not None:
             dz = torch.from_numpy(np.asarray(o["depth"][vin], dtype=np.float32))
             in_depth.append(torch.cat([dz, dz[:1].repeat(pad, 1, 1)]))
         plk.append(torch.cat([p, p[:1].repeat(pad, 1, 1, 1)]))
@@ -204,7 +207,7 @@ def make_batch(cache: ViewCache, rng: np.random.Generator, batch: int, views_in:
         for lst, r in ((ro, r_o), (rd, r_d), (cols, r_c), (alphas, r_a), (depths, r_z), (cosines, r_cos)):
             lst.append(torch.cat(r))
         if occ_points:
-            pw = occupancy_points(o, rng, occ_points, box_radius * 0.95)
+            pw = occupancy_points(o, rng, occ_points, box_radius * 0.95, rot=rot)
             depth_maps = None if o["depth"] is None else np.asarray(o["depth"])
             occ_y.append(torch.from_numpy(depth_hull_occupancy(pw, np.asarray(o["w2c"]), o["fov"], np.asarray(o["alpha"]),
                                                                depth_maps)).float())
@@ -246,16 +249,18 @@ def losses(model: ReconModel, b: dict, n_samples: int, w_mask: float, w_depth: f
         sigma, _ = model.query(planes, b["occ_pts"], with_rgb=False)
         level = torch.where(b["occ"] > 0.5, math.log(model.config.mc_level), math.log(EMPTY_DENSITY))
         logit = torch.log(sigma.clamp(min=1e-6)) - level
-        out["occ"] = torch.nn.functional.binary_cross_entropy_with_logits(logit, b["occ"])
+        out["occ"] = F.binary_cross_entropy_with_logits(logit, b["occ"])
         out["loss"] = out["loss"] + w_occ * out["occ"]
     if w_pixel_depth > 0 and model.config.pixel_depth and "in_depth" in b:
-        # the CNN's depth channel against the input views' own depth (offset from the camera's distance)
+        # the CNN's depth channel against the input views' own depth (offset from the camera's distance),
+        # each half-resolution cell against the mean of the object pixels in its block
         pred = planes.feat[:, :, -2]                                        # [B, V, S/2, S/2]
         k = b["in_depth"].shape[-1] // pred.shape[-1]
-        gt = b["in_depth"][..., ::k, ::k]
-        radius = b["cams"][..., :12].view(*b["cams"].shape[:2], 3, 4)[..., 3].norm(dim=-1)
-        ok = (gt > 0).float()
-        err = (pred.float() - (gt - radius[..., None, None])).abs() * ok
+        d = b["in_depth"].flatten(0, 1)[:, None]
+        valid = F.avg_pool2d((d > 0).float(), k)
+        gt = (F.avg_pool2d(d, k) / valid.clamp(min=1e-6)).view(pred.shape)
+        ok = (valid > 0).float().view(pred.shape)
+        err = (pred.float() - (gt - ReconModel.camera_radius(b["cams"])[..., None, None])).abs() * ok
         out["pixel_depth"] = (err.flatten(1).sum(-1) / ok.flatten(1).sum(-1).clamp(min=1)).mean()
         out["loss"] = out["loss"] + w_pixel_depth * out["pixel_depth"]
     out["psnr"] = -10 * torch.log10(out["rgb"].detach().clamp(min=1e-10))
@@ -362,9 +367,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"--resume: cannot load {run.latest}: {e}")
         print(f"resumed from {run.latest} at step {state['step']}")
     occ_n = args.occ_points if args.w_occ > 0 else 0
+    want_depth = cfg.pixel_depth and args.w_pixel_depth > 0
     probe_batch = {k: v[:max(1, args.batch // dist.world)].to(dev) for k, v in
                    make_batch(train, np.random.default_rng(12345), args.batch, args.views_in, args.targets,
-                              args.rays, occ_n, cfg.box_radius).items()}
+                              args.rays, occ_n, cfg.box_radius, want_depth).items()}
 
     def probe(prec: str) -> None:  # one forward + backward on one local batch, for --precision auto
         with autocast(prec, dev):
@@ -392,7 +398,7 @@ def main(argv=None) -> int:
         # the global batch (the same on every process), then this process's rows of it
         b = {k: v[dist.shard(args.batch)].to(dev)
              for k, v in make_batch(train, rng, args.batch, args.views_in, args.targets, args.rays, occ_n,
-                                    cfg.box_radius).items()}
+                                    cfg.box_radius, want_depth).items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps, time_progress=clock.progress)
         with autocast(precision, dev):
