@@ -309,8 +309,10 @@ def test_no_opengl_means_no_guide_with_a_note_and_no_thread_left(monkeypatch):
     import threading
     import core.nvs.guide as guide_mod
 
+    from core.data.render import NoGLError
+
     def no_egl(*a, **k):
-        raise RuntimeError("cannot create a headless EGL OpenGL context (test); needs Mesa's libEGL")
+        raise NoGLError("cannot create a headless EGL OpenGL context (test); needs Mesa's libEGL")
     monkeypatch.setattr(guide_mod, "_make_renderer", no_egl)
     before = threading.active_count()
     g, note = lift_guide(BallRecon(), disc_image(), SRC, 40.0, 32)

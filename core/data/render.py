@@ -328,18 +328,22 @@ class RenderResult:
     depth: np.ndarray  # HxW float32, 0 on the background
 
 
+class NoGLError(RuntimeError):
+    """No OpenGL here: moderngl or Mesa's libEGL is missing, or no headless context can be made."""
+
+
 class Renderer:
     """One EGL context + MSAA framebuffer; ``set_asset`` uploads an object, ``render`` a view.
 
     Create one per process (contexts do not survive ``fork``)."""
 
     def __init__(self, size: int = 128, fov_deg: float = cameras.DEFAULT_FOV_DEG, samples: int = 4):
-        import moderngl
         try:
+            import moderngl
             self.ctx = moderngl.create_context(standalone=True, backend="egl")
         except Exception as e:
-            raise RuntimeError(f"cannot create a headless EGL OpenGL context ({e}); "
-                               "needs Mesa's libEGL (apt: libegl1 libgl1-mesa-dri)") from None
+            raise NoGLError(f"cannot create a headless EGL OpenGL context ({e}); "
+                            "needs Mesa's libEGL (apt: libegl1 libgl1-mesa-dri)") from None
         self.size, self.fov_deg = int(size), float(fov_deg)
         samples = min(samples, self.ctx.max_samples)
         self.prog = self.ctx.program(vertex_shader=_VERT, fragment_shader=_FRAG)

@@ -148,10 +148,11 @@ def guide_fits(guides: dict[str, GuideSet], obj: TokenObject) -> bool:
     return g is not None and bool(g.usable()) and list(g.views) == list(obj.views)
 
 
-def load_guides(folder: Path) -> dict[str, GuideSet]:
+def load_guides(folder: Path, skip: set[str] | None = None) -> dict[str, GuideSet]:
+    """Cached guides in ``folder`` by object name (those named in ``skip`` are left out: already loaded)."""
     out = {}
     for f in sorted(Path(folder).glob("*.npz")):
-        if not f.name.endswith(".tmp.npz"):
+        if not (f.name.endswith(".tmp.npz") or (skip is not None and f.stem in skip)):
             with np.load(f) as z:
                 views = tuple(str(v) for v in z["views"]) if "views" in z else ()  # () : never matches
                 out[f.stem] = GuideSet(z["sources"], z["tokens"], z["ok"], views)

@@ -95,16 +95,12 @@ def lift_guide(recon, image, w2c, fov_deg: float, size: int) -> tuple["Guide | N
     """(guide, "") for a photo the reconstruction can lift, else (None, why not): a photo with no
     object, or a field with no surface, leaves the caller on its unguided path with a note; so does
     a machine with no OpenGL for the raster (the views do not need it)."""
-    from core.data.render import MeshError as EmptyMeshError
+    from core.data.render import MeshError as EmptyMeshError, NoGLError
     from core.mesh import MeshError
     from core.recon.pipeline import ReconInputError
     try:
         return Guide.from_scene(recon.reconstruct(image, np.asarray(w2c, np.float64), fov_deg), size, fov_deg), ""
     except (ReconInputError, MeshError, EmptyMeshError, cameras.CameraError) as e:
         return None, f"no 3-D guide for this photo ({e}); views come from the photo alone"
-    except (ImportError, OSError) as e:  # no moderngl / libEGL: the raster cannot start
-        return None, f"no 3-D guide on this machine ({e}); views come from the photo alone"
-    except RuntimeError as e:
-        if "EGL" not in str(e):  # core.data.render.Renderer's message when no context can be made
-            raise
+    except NoGLError as e:  # the raster cannot start
         return None, f"no 3-D guide on this machine ({e}); views come from the photo alone"

@@ -333,7 +333,7 @@ class NVSPipeline:
             else:
                 kv = expand_kv(h.prefix_kv, N)
             null = expand_kv(self.null_prefix_kv(), N) if batch.uncond is not None else None
-            return self.join_prefixes(kv, null, batch)
+        return self.join_prefixes(kv, null, batch)
 
     def join_prefixes(self, kv: list[KV], null: list[KV] | None, batch: SampleBatch) -> list[KV]:
         """Every row's source-prefix keys/values ``kv`` (and ``null``, the null prefix per row, when

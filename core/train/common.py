@@ -407,8 +407,8 @@ def check_resume_args(saved: dict, now: dict, schedule: tuple[str, ...], model: 
                       force_schedule: bool) -> None:
     """Refuse a resume whose model flags, or (without ``--force-schedule``) schedule flags, differ
     from the run's, naming each difference."""
-    def same(a, b):  # a JSON flag (--config) is the same whatever its key order or spacing
-        if isinstance(a, str) and isinstance(b, str) and a != b:
+    def same(k, a, b):  # --config is JSON: the same whatever its key order or spacing
+        if k == "config" and isinstance(a, str) and isinstance(b, str) and a != b:
             try:
                 return json.loads(a) == json.loads(b)
             except ValueError:
@@ -417,7 +417,7 @@ def check_resume_args(saved: dict, now: dict, schedule: tuple[str, ...], model: 
 
     def diff(keys):
         return [f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in keys
-                if k in saved and k in now and not same(saved[k], now[k])]
+                if k in saved and k in now and not same(k, saved[k], now[k])]
     bad_model, bad_schedule = diff(model), diff(schedule)
     if bad_model:
         raise CheckpointError("--resume: the run's model differs from these flags: " + "; ".join(bad_model)

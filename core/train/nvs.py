@@ -428,7 +428,7 @@ def main(argv=None) -> int:
         if not a.online and step and step % a.rescan_every == 0:
             new = load_cached(dirs["train"], skip={o.name for o in sampler.objects})
             if sampler.guides is not None:  # a guide model samples only sources with a cached lift
-                sampler.guides.update(load_guides(gdirs["train"]))
+                sampler.guides.update(load_guides(gdirs["train"], skip=set(sampler.guides)))
                 new = [o for o in new if guide_fits(sampler.guides, o)]
             if new:
                 sampler.objects.extend(new)
