@@ -339,6 +339,29 @@ def test_eval_baselines_and_a_folder_without_meshes(toy_data, tmp_path):
     assert not {"chamfer", "fscore", "fscore_005"} & set(res) and res["size"] == 32 and res["n_objects"] == 1
 
 
+def test_eval_skips_and_names_an_object_whose_input_view_is_empty(toy_data, tmp_path):
+    """A corpus object whose input view shows nothing (an edge-on cloth) is skipped with its reason in
+    the JSON; the other objects are still scored."""
+    import shutil
+    from core.eval.recon import main as eval_main
+
+    objs = tmp_path / "objects"
+    for src in list((toy_data / "train").iterdir())[:2]:
+        shutil.copytree(src, objs / src.name)
+    empty = sorted(objs.iterdir())[0]
+    Image.new("RGB", Image.open(empty / "000.png").size, "white").save(empty / "000.png")
+    alpha = Image.open(empty / "000_alpha.png")
+    Image.new(alpha.mode, alpha.size, 0).save(empty / "000_alpha.png")
+    ckpt = tmp_path / "model"
+    ReconPipeline(ReconModel(ReconConfig(**TINY))).save_pretrained(ckpt)
+    out = tmp_path / "eval.json"
+    assert eval_main(["--data", str(objs), "--checkpoint", str(ckpt), "--out", str(out), "--size", "32",
+                      "--mc-resolution", "32"]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["skipped"]) == [empty.name] and "no object" in res["skipped"][empty.name]
+    assert res["n_objects"] == 1 and empty.name not in res["per_object"]
+
+
 def test_silhouette_iou():
     from core.metrics import object_mask, silhouette_iou
     a = np.zeros((4, 4), bool)

@@ -83,7 +83,8 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
              project_photos: bool = True, log=print, nvs=None, generated_views: int = 0) -> dict:
     """Scores of ``pipe`` (a ReconPipeline) per object and overall; with ``nvs`` (an NVSPipeline) and
     ``generated_views`` > 0, each lift also takes that many views generated from the first input."""
-    per, t_rec, t_mesh, t_gen = {}, [], [], []
+    from core.recon.pipeline import ReconInputError
+    per, t_rec, t_mesh, t_gen, skipped = {}, [], [], [], {}
     for obj in objects:
         ids = view_ids(obj)
         missing = [v for v in input_views if v not in ids]
@@ -101,7 +102,12 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
             cams += [c.astype(np.float32) for c in extra]
             t_gen.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        scene = pipe.reconstruct(images, cams, fov_deg=[fov] * len(images), project_photos=project_photos)
+        try:
+            scene = pipe.reconstruct(images, cams, fov_deg=[fov] * len(images), project_photos=project_photos)
+        except ReconInputError as e:  # e.g. an input view with nothing on it: counted, never scored as a guess
+            skipped[obj.name] = str(e)
+            log(f"{obj.name}: skipped, {e}")
+            continue
         t_rec.append(time.perf_counter() - t0)
         src = read_view(obj, input_views[0], size, fov_deg=fov)
         src_mask = metrics.object_mask(src.image, src.alpha)
@@ -145,7 +151,7 @@ def evaluate(pipe, objects: list[Path], input_views: list[str], mc_resolution: i
                 "input_views": input_views, "mc_resolution": mc_resolution, "size": size,
                 "photo_projection": project_photos, "image_size": pipe.config.image_size,
                 "generated_views": generated_views if nvs is not None else 0,
-                "seconds_generate": _mean(t_gen), "per_object": per})
+                "seconds_generate": _mean(t_gen), "skipped": skipped, "per_object": per})
     return out
 
 
