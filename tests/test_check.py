@@ -99,3 +99,12 @@ def test_meta_mismatches(tmp_path, capsys):
     assert "image_size 32 but images are 16x16" in out and "lists 1 views, folder has 2" in out
     rep = check_dataset(obj)
     assert rep["objects"] == 1 and len(rep["problems"]) == 2
+
+
+def test_a_view_whose_mask_shows_nothing_is_flagged(dataset, capsys):
+    a = dataset / "train" / "a"
+    Image.new("L", (16, 16), 0).save(a / "001_alpha.png")   # the object is gone from view 001
+    rc, out = _run(capsys, dataset)
+    assert rc == 1
+    assert any("a/001_alpha.png" in l and "empty view" in l for l in out.splitlines()), out
+    assert "problems in 1 objects" in out.splitlines()[-1]

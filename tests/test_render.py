@@ -283,3 +283,16 @@ def test_random_lighting_changes_shading_not_coverage_and_is_recorded(tmp_path, 
                     "--lighting", "random", "--workers", "1", "--quiet"])
     (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "p").rglob("meta.json")]
     assert rc == 0 and set(meta["lighting"]) == {"directions", "intensities", "ambient", "tint"}
+
+
+def test_an_object_one_of_whose_views_shows_nothing_is_refused(tmp_path, renderer):
+    """A flat sheet seen exactly edge-on renders no pixel: the object is refused (and its folder
+    left incomplete, without meta.json), since the models lift and pair every view."""
+    from core.data.render import write_object
+    sheet = trimesh.Trimesh([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], [[0, 1, 2], [0, 2, 3]])
+    asset = make_asset(parts_from_trimesh(sheet), source="sheet")
+    with pytest.raises(MeshError, match="view 001 shows no object"):
+        write_object(renderer, asset, tmp_path / "sheet", [(0.0, 40.0, 2.0), (0.0, 0.0, 2.0)], write_mesh=False)
+    assert not (tmp_path / "sheet" / "meta.json").exists()
+    write_object(renderer, asset, tmp_path / "seen", [(0.0, 40.0, 2.0), (90.0, 60.0, 2.0)], write_mesh=False)
+    assert (tmp_path / "seen" / "meta.json").is_file()

@@ -3,7 +3,7 @@
 DIR may be a dataset root (``train/``, ``val/``), a folder of object folders or one object
 folder. Checked: every view has a readable square image and a (3, 4) finite pose that is a
 rotation and looks at the origin (``cameras.validate_w2c``); image sizes agree within an
-object; optional alpha/depth/embedding files are readable and the right size; ``meta.json``
+object; a view with a mask shows the object (not empty); optional alpha/depth/embedding files are readable and the right size; ``meta.json``
 is valid; stray poses have images. Nothing raises on bad data: problems are collected and
 the exit code is 1 when there are any.
 """
@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core import cameras
 from core.data import io
+from core.data.render import MIN_OBJECT_FRACTION
 
 _POSE = re.compile(r"^(\d+)\.npy$")
 
@@ -53,6 +54,23 @@ def _array(path: Path, problems: list) -> np.ndarray | None:
     return a
 
 
+def _check_not_empty(path: Path, problems: list) -> None:
+    """A view whose mask (``_alpha.png`` or the image's own alpha) shows no object cannot be lifted
+    or paired: flag it. Views without a mask are not judged."""
+    try:
+        with Image.open(path) as im:
+            if path.name.endswith("_alpha.png"):
+                a = np.asarray(im.convert("L"))
+            elif im.mode in ("LA", "RGBA"):
+                a = np.asarray(im.getchannel("A"))
+            else:
+                return
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # reported by _image
+    if (a > 127).mean() < MIN_OBJECT_FRACTION:
+        problems.append((path, f"empty view: under {MIN_OBJECT_FRACTION:.1%} of its pixels show the object"))
+
+
 def check_view(obj: Path, vid: str, problems: list) -> tuple[int, int] | None:
     """Check one view's files; returns the image size (or None if unreadable)."""
     size = _image(obj / f"{vid}.png", problems)
@@ -71,6 +89,8 @@ def check_view(obj: Path, vid: str, problems: list) -> tuple[int, int] | None:
         a_size = _image(a_path, problems)
         if a_size is not None and size is not None and a_size != size:
             problems.append((a_path, f"size {a_size[0]}x{a_size[1]} differs from the image's {size[0]}x{size[1]}"))
+    if size is not None:
+        _check_not_empty(a_path if a_path.exists() else obj / f"{vid}.png", problems)
     d_path = io.depth_path(obj, vid)
     if d_path is not None:
         try:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MAX_TEXTURE = 512  # textures are shrunk to this: enough for 128-256 px renders, keeps uploads cheap
 DEFAULT_COLOR = (0.72, 0.72, 0.72, 1.0)
+MIN_OBJECT_FRACTION = 1e-3  # a view whose mask covers less shows nothing (a sheet edge-on, a cut-out texture)
 LIGHTS = (  # (direction towards the light in world space, intensity)
     ((0.3, 0.2, 1.0), 0.45),
     ((1.0, -0.8, 0.3), 0.25),
@@ -455,6 +456,10 @@ def write_object(renderer: Renderer, asset: Asset, folder: str | Path, views: li
         w2c = cameras.pose_from_spherical(az, el, r)
         res = renderer.render(w2c)
         vid = f"{i:03d}"
+        if (res.alpha > 127).mean() < MIN_OBJECT_FRACTION:  # the models lift view 000: every view must show it
+            renderer.release_asset()
+            raise MeshError(f"{asset.source or folder.name}: view {vid} shows no object "
+                            f"(a sheet seen edge-on, or a texture cut out there)")
         io.write_view(folder, vid, res.image, w2c, alpha=res.alpha)
         io.save_depth(folder, vid, res.depth, depth_dtype, compressed=compress_depth)
     renderer.release_asset()
