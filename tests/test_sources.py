@@ -357,13 +357,13 @@ def test_flightgear_ac3d_converts_through_assimp_with_its_texture(tmp_path):
         Image.new("RGB", (8, 8), (255, 0, 0)).save(root / cat / "skin.png")
     cands = sources.list_flightgear(root)
     assert [c.category for c in cands] == ["Maritime"]          # clouds and effects are not objects
-    parts = sources.load_flightgear(cands[0])
+    parts = sources.load_ac3d(cands[0])
     assert sum(len(p.positions) for p in parts) == 32 and any(p.texture is not None for p in parts)
     pos = np.concatenate([p.positions.reshape(-1, 3) for p in parts])
     assert np.isclose(pos[:, 2].max(), 1.0) and np.allclose(pos[:, 0], 0.0)  # AC3D (x, y, z) -> world (z, x, y): y up is z up
     (root / "Maritime" / "thing.ac").write_text("not an AC3D file")
     with pytest.raises(MeshError, match="thing.ac"):
-        sources.load_flightgear(cands[0])
+        sources.load_ac3d(cands[0])
 
 
 def test_flightgear_ai_lists_each_aircraft_model_and_leaves_out_effects(tmp_path):
@@ -376,4 +376,186 @@ def test_flightgear_ai_lists_each_aircraft_model_and_leaves_out_effects(tmp_path
     assert [Path(c.path).relative_to(root).as_posix() for c in cands] == \
         ["A300/Models/A300.ac", "A300/Models/AB6.ac", "E70/Models/ERJ170.ac"]
     assert len({c.name for c in cands}) == 3 and all(c.source == "flightgear-data-ai" for c in cands)
-    assert sources.SOURCES["flightgear-data-ai"].loader is sources.load_flightgear
+    assert sources.SOURCES["flightgear-data-ai"].loader is sources.load_ac3d
+
+
+# ----------------------------------------------------------------------------- game collections added to corpus v2
+
+def _upright(parts) -> np.ndarray:
+    """Extents of the loaded parts in the world frame."""
+    return np.ptp(np.concatenate([p.positions.reshape(-1, 3) for p in parts]), 0)
+
+
+def test_g3d_round_trip_reads_frame_zero_and_damage_is_a_clear_error():
+    from core.data.g3d import G3DError, read_g3d, write_g3d
+    box = tall_box()
+    uv = np.random.default_rng(0).random((len(box.vertices), 2)).astype(np.float32)
+    data = write_g3d([(box.vertices, box.faces, uv, "tex/skin.png"), (box.vertices * 2, box.faces, None, "")], frames=3)
+    a, b = read_g3d(data)
+    assert np.allclose(a.vertices, box.vertices) and np.array_equal(a.faces, box.faces) and np.allclose(a.uv, uv)
+    assert a.texture == "tex/skin.png" and b.uv is None and b.texture == "" and np.allclose(b.vertices, box.vertices * 2)
+    for bad in (data[:50], b"G3X" + data[3:], data[:3] + b"\x03" + data[4:], data[:-8]):
+        with pytest.raises(G3DError):
+            read_g3d(bad, "x.g3d")
+
+
+def test_megaglest_lists_each_units_standing_model_once_and_paints_team_colour(tmp_path):
+    from core.data.g3d import write_g3d
+    box = tall_box((0.4, 1.0, 0.6))                                             # +Y up: 1.0 tall
+    uv = np.random.default_rng(0).random((len(box.vertices), 2)).astype(np.float32)
+    unit = tmp_path / "techs/t/factions/f/units/archer"
+    (unit / "models").mkdir(parents=True)
+    for anim in ("archer_walk", "archer_idle"):
+        (unit / "models" / f"{anim}.g3d").write_bytes(write_g3d([(box.vertices, box.faces, uv, "skin.png")],
+                                                               team_colour=True))
+    skin = Image.new("RGBA", (8, 8), (10, 200, 10, 255))
+    skin.putpixel((0, 0), (0, 0, 0, 0))                                         # a team-colour texel
+    skin.save(unit / "models" / "Skin.PNG")                                     # found case-insensitively
+    (unit / "archer.xml").write_text('<unit><skills><skill><type value="move"/><animation path="models/archer_walk.g3d"/>'
+                                     '</skill><skill><type value="stop"/><animation path="models/archer_idle.g3d"/>'
+                                     '</skill></skills></unit>')
+    for ts in ("forest", "winter"):
+        (tmp_path / "tilesets" / ts / "models").mkdir(parents=True)
+    rock = tmp_path / "tilesets/forest/models/rock.g3d"
+    rock.write_bytes(write_g3d([(box.vertices, box.faces, None, "")]))
+    (tmp_path / "tilesets/winter/models/rock.g3d").symlink_to(rock)               # shared: counts once
+    cands = sources.list_megaglest(tmp_path)
+    assert [Path(c.path).name for c in cands] == ["archer_idle.g3d", "rock.g3d"]
+    parts = sources.load_megaglest(cands[0])
+    assert np.argmax(_upright(parts)) == 2                                      # Y up became Z up
+    tex = np.asarray(parts[0].texture)
+    assert tex[..., 3].min() == 255 and tuple(tex[0, 0, :3]) == sources.TEAM_COLOUR
+    assert np.allclose(sources.load_megaglest(cands[1])[0].colors[0, 0, :3], [0.8, 0.5, 0.2])  # material colour
+    (unit / "models" / "Skin.PNG").unlink()
+    with pytest.raises(MeshError, match="texture skin.png not found"):
+        sources.load_megaglest(cands[0])
+
+
+PIE2 = """PIE 2
+TYPE 200
+TEXTURE 0 page-1.png 256 256
+LEVELS 2
+LEVEL 1
+POINTS 4
+ 0 0 0
+ 10 0 0
+ 10 20 0
+ 0 20 0
+POLYGONS 1
+ 200 4 0 1 2 3 0 0 128 0 128 256 0 256
+CONNECTORS 1
+ 0 0 0
+LEVEL 2
+POINTS 3
+ 0 0 5
+ 10 0 5
+ 0 20 5
+POLYGONS 1
+ 4200 3 0 1 2 1 1 8 8 0 0 128 0 0 256
+"""
+
+
+def test_pie_reads_levels_fans_and_both_uv_conventions():
+    from core.data.pie import PIEError, read_pie
+    m = read_pie(PIE2)
+    assert m.texture == "page-1.png" and len(m.vertices) == 7
+    assert m.faces.tolist() == [[0, 1, 2], [0, 2, 3], [4, 5, 6]]               # a quad as a fan; level 2 offset
+    assert np.allclose(m.uv[0], [[0, 1], [0.5, 1], [0.5, 0]])                  # pixels of 256, v flipped
+    assert np.allclose(m.uv[2], [[0, 1], [0.5, 1], [0, 0]])                    # texture animation numbers skipped
+    v3 = PIE2.replace("PIE 2", "PIE 3").replace("128", "0.5").replace("256", "1")
+    assert np.allclose(read_pie(v3).uv, m.uv)                                  # fractions from version 3 on
+    for bad in ("PIE 9\n", PIE2.replace("POINTS 4", "POINTS 400"), PIE2.replace(" 200 4 0 1 2 3", " 200 4 0 1 2 9"),
+                PIE2.replace(" 10 20 0", " 10 x 0")):
+        with pytest.raises(PIEError):
+            read_pie(bad, "x.pie")
+
+
+def test_warzone_lists_whole_structures_and_features_and_loads_its_texture_page(tmp_path):
+    archive = tmp_path / "base.wz"
+    tall = PIE2.replace(" 10 20 0", " 10 20 7").replace(" 0 20 0", " 0 20 7")
+    with zipfile.ZipFile(archive, "w") as z:
+        for n in ("structs/blhq.pie", "features/mijeep.pie", "components/bodies/body1.pie", "effects/fx.pie",
+                  "structs/blderik_anim.pie", "structs/dummy.pie"):
+            z.writestr(n, tall)
+        z.writestr("texpages/page-1.png", png_bytes())
+    cands = sources.list_warzone(archive)
+    assert [c.member for c in cands] == ["features/mijeep.pie", "structs/blhq.pie"]
+    parts = sources.load_warzone(cands[0])
+    assert parts[0].texture is not None and np.argmax(_upright(parts)) == 2      # +Y up -> +Z up
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("structs/nopage.pie", tall.replace("page-1.png", "page-2.png"))
+    with pytest.raises(MeshError, match="texpages/page-2.png not in the archive"):
+        sources.load_warzone(sources.Candidate("warzone2100-data", "x", str(archive), "structs/nopage.pie"))
+
+
+def test_spm_round_trip_with_byte_and_short_indices_and_damage():
+    from core.data.spm import SPMError, read_spm, write_spm
+    box = tall_box()
+    ball = trimesh.creation.icosphere(subdivisions=3)                           # 642 vertices: uint16 indices
+    uv = np.random.default_rng(0).random((len(box.vertices), 2)).astype(np.float32)
+    data = write_spm([(box.vertices, box.faces, uv, "skin.png"), (ball.vertices, ball.faces, None, "")])
+    a, b = read_spm(data)
+    assert np.allclose(a.vertices, box.vertices) and np.array_equal(a.faces, box.faces) and a.texture == "skin.png"
+    assert np.abs(a.uv - uv).max() < 1e-3                                      # half floats
+    assert np.array_equal(b.faces, ball.faces) and b.uv is None and np.allclose(b.colors, 1)
+    for bad in (data[:40], b"SX" + data[2:], data[:2] + bytes([(2 << 3) | 2]) + data[3:], data[:-10]):
+        with pytest.raises(SPMError):
+            read_spm(bad, "x.spm")
+
+
+def test_supertuxkart_assembles_library_props_and_karts_and_drops_flat_track_pieces(tmp_path):
+    from core.data.spm import write_spm
+    box = tall_box((0.4, 1.0, 0.6))                                             # Irrlicht +Y up: 1.0 tall
+    uv = np.random.default_rng(0).random((len(box.vertices), 2)).astype(np.float32)
+    lib = tmp_path / "library" / "stklib_lamp_a"
+    lib.mkdir(parents=True)
+    (lib / "lamp_main.spm").write_bytes(write_spm([(box.vertices, box.faces, uv, "lamp.png")]))
+    (lib / "lamp_col.spm").write_bytes(write_spm([(box.vertices * 5, box.faces, None, "")]))
+    (lib / "node.xml").write_text('<scene><object model="lamp_col.spm" interaction="physicsonly"/>'
+                                  '<object model="lamp_main.spm" xyz="0 0 0" interaction="ghost"/>'
+                                  '<object model="lamp_main.spm" xyz="0 3 0" hpr="0 0 0" scale="1 1 1"/></scene>')
+    (tmp_path / "textures").mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "textures" / "lamp.png")   # the shared texture folder
+    (tmp_path / "library" / "gfx_sparks_a").mkdir()
+    (tmp_path / "library" / "gfx_sparks_a" / "node.xml").write_text("<scene/>")
+    kart = tmp_path / "karts" / "tux"
+    kart.mkdir(parents=True)
+    (kart / "tux.spm").write_bytes(write_spm([(box.vertices, box.faces, None, "")]))
+    (kart / "wheel.spm").write_bytes(write_spm([(box.vertices * 0.2, box.faces, None, "")]))
+    (kart / "kart.xml").write_text('<kart model-file="tux.spm"><wheels><front-left position="2 0 0" model="wheel.spm"/>'
+                                   '</wheels></kart>')
+    track = tmp_path / "tracks" / "farm"
+    track.mkdir(parents=True)
+    (track / "scene.xml").write_text('<scene><track model="farm_track.spm"/></scene>')
+    sheet = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]] * 6, [[0, 1, 2], [0, 2, 3]] * 12)
+    for name, mesh in (("farm_track", box), ("barn", box), ("InvisibleWall", box), ("ground", sheet)):
+        (track / f"{name}.spm").write_bytes(write_spm([(mesh.vertices, mesh.faces, None, "")]))
+    cands = {c.name: c for c in sources.list_stk(tmp_path)}
+    assert set(cands) == {"stk-lib-stklib-lamp-a", "stk-kart-tux", "stk-farm-barn", "stk-farm-ground"}
+    lamp = sources.load_stk(cands["stk-lib-stklib-lamp-a"])
+    assert len(lamp) == 2 and all(p.texture is not None for p in lamp)          # collision mesh left out
+    assert np.allclose(_upright(lamp), [0.4, 0.6, 4.0])                         # (x, y, z) -> (x, z, y); stacked 3 up
+    m = trimesh.Trimesh(lamp[0].positions.reshape(-1, 3), np.arange(36).reshape(-1, 3))
+    m.merge_vertices()
+    assert m.volume > 0                                                         # the mirror's winding undone: outward
+    assert np.allclose(_upright(sources.load_stk(cands["stk-kart-tux"])), [2.24, 0.6, 1.0])  # a wheel (0.08 wide) at x = 2
+    assert len(sources.load_stk(cands["stk-farm-barn"])) == 1
+    with pytest.raises(MeshError, match="flat"):
+        sources.load_stk(cands["stk-farm-ground"])
+
+
+def test_torcs_crrcsim_and_opencity_list_objects_not_scenes_or_parts(tmp_path):
+    for rel in ("cars/dtm/dtm.acc", "cars/dtm/dtm-lod1.acc", "data/objects/tree1.ac", "tracks/road/road.ac",
+                "wheels/w1/wheel0.acc"):
+        (tmp_path / "torcs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "torcs" / rel).write_text(_ac3d_grid())
+    assert [c.name for c in sources.list_torcs(tmp_path / "torcs")] == ["torcs-car-dtm", "torcs-object-tree1"]
+    for rel in ("vehicle/truck/truck.ac", "path/road/road_s_n/road_s_n.ac"):
+        (tmp_path / "oc" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "oc" / rel).write_text(_ac3d_grid())
+    assert [(c.name, c.category) for c in sources.list_opencity(tmp_path / "oc")] == [("opencity-vehicle-truck", "vehicle")]
+    (tmp_path / "crrc" / "objects").mkdir(parents=True)
+    (tmp_path / "crrc" / "objects" / "glider.ac").write_text(_ac3d_grid())
+    assert [c.name for c in sources.list_crrcsim(tmp_path / "crrc")] == ["crrcsim-glider"]
+    for name in ("torcs-data", "crrcsim-data", "opencity-data"):
+        assert sources.SOURCES[name].loader is sources.load_ac3d

@@ -15,6 +15,10 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | minetest-mod-homedecor | minetest-mod-homedecor | OBJ per group (``core.data.minetest``), Y up, textures from the mod's Lua ``tiles`` |
 | flightgear-data-models | flightgear-data-models + assimp-utils | AC3D, Y up, converted to OBJ+MTL by ``assimp export`` (trimesh reads no AC3D) |
 | flightgear-data-ai | flightgear-data-ai + assimp-utils | the AI traffic's aircraft, AC3D as above; lights, shadows and LOD stand-ins left out |
+| torcs-data, crrcsim-data, opencity-data | the same + assimp-utils | AC3D as above: cars and trackside objects; model aircraft; buildings and vehicles |
+| megaglest-data | megaglest-data | G3D (``core.data.g3d``), Y up, each unit's standing pose and every tileset object once |
+| warzone2100-data | warzone2100-data | PIE (``core.data.pie``) inside ``base.wz``, Y up, structures and map features, texture pages |
+| supertuxkart-data | supertuxkart-data | SPM (``core.data.spm``), Irrlicht's left-handed Y up; props assembled from ``node.xml``, karts with wheels |
 """
 from __future__ import annotations
 
@@ -494,7 +498,7 @@ def list_flightgear_ai(root: Path = FLIGHTGEAR_AI) -> list[Candidate]:
             for p in sorted(root.rglob("*.ac")) if not FLIGHTGEAR_AI_SKIP.search(str(p.relative_to(root)))]
 
 
-def load_flightgear(c: Candidate) -> list[Part]:
+def load_ac3d(c: Candidate) -> list[Part]:
     """AC3D has no reader in trimesh: assimp (``assimp-utils``) converts it to OBJ+MTL in a temporary
     folder next to copies of the model's images, which trimesh then loads with its textures."""
     import subprocess
@@ -524,6 +528,331 @@ def load_flightgear(c: Candidate) -> list[Part]:
     return parts
 
 
+# ----------------------------------------------------------------------------- more AC3D: TORCS, CRRCsim, OpenCity
+
+TORCS_ROOT = Path("/usr/share/games/torcs")
+CRRCSIM_ROOT = Path("/usr/share/games/crrcsim")
+OPENCITY_ROOT = Path("/usr/share/games/opencity/graphism")
+
+
+def list_torcs(root: Path = TORCS_ROOT) -> list[Candidate]:
+    """Each car's full-detail body (``cars/NAME/NAME.acc``, not its ``-lodN`` stand-ins) and the
+    trackside objects; tracks (whole scenes) and loose wheels (parts) are left out."""
+    lic = "GPL-2+ / Free Art (see debian/copyright)"
+    cars = [p for p in sorted(root.glob("cars/*/*.acc")) if p.stem == p.parent.name]
+    objs = sorted(root.glob("data/objects/*.ac"))
+    return ([Candidate("torcs-data", f"torcs-car-{_slug(p.stem)}", str(p), licence=lic, category="cars") for p in cars]
+            + [Candidate("torcs-data", f"torcs-object-{_slug(p.stem)}", str(p), licence=lic, category="objects")
+               for p in objs])
+
+
+def list_crrcsim(root: Path = CRRCSIM_ROOT) -> list[Candidate]:
+    """The flight simulator's model aircraft and scenery objects (trees, buildings)."""
+    return [Candidate("crrcsim-data", f"crrcsim-{_slug(p.stem)}", str(p), licence="GPL-2+ (see debian/copyright)",
+                      category="objects") for p in sorted(root.rglob("*.ac"))]
+
+
+def list_opencity(root: Path = OPENCITY_ROOT) -> list[Candidate]:
+    """The city builder's buildings, vehicles, trees and pylons; road tiles (flat) are left out."""
+    return [Candidate("opencity-data", f"opencity-{_slug(str(p.parent.relative_to(root)))}", str(p),
+                      licence="GPL-2+ (see debian/copyright)", category=p.relative_to(root).parts[0])
+            for p in sorted(root.rglob("*.ac")) if p.relative_to(root).parts[0] != "path"]
+
+
+# ----------------------------------------------------------------------------- MegaGlest (G3D)
+
+MEGAGLEST_ROOT = Path("/usr/share/games/megaglest")
+TEAM_COLOUR = (150, 40, 35)   # what a unit's team-colour areas (its texture's alpha) are painted with
+
+
+def _stop_model(unit_xml: Path) -> Path | None:
+    """The model a unit stands still in: the first animation of its ``stop`` skill (a unit folder
+    holds one G3D per animation: walking, attacking, dying are the same object in other poses)."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(unit_xml).getroot()
+    except (ET.ParseError, OSError):
+        return None
+    for skill in root.iter("skill"):
+        t = skill.find("type")
+        anim = skill.find("animation")
+        if t is not None and t.get("value") == "stop" and anim is not None and anim.get("path"):
+            return unit_xml.parent / anim.get("path")
+    return None
+
+
+def list_megaglest(root: Path = MEGAGLEST_ROOT) -> list[Candidate]:
+    """One candidate per unit and building (its standing model), per resource, and per distinct
+    tileset object (tilesets share models through symlinks: each real file counts once)."""
+    out, seen = [], set()
+    lic = "GPL-2+ / CC-BY-SA-3.0 (see debian/copyright)"
+    for xml in sorted(root.glob("techs/*/factions/*/units/*/*.xml")):
+        if xml.stem != xml.parent.name:
+            continue
+        model = _stop_model(xml)
+        if model is None:
+            models = sorted(xml.parent.glob("models/*.g3d"))
+            model = models[0] if models else None
+        if model is not None and model.resolve() not in seen:
+            seen.add(model.resolve())
+            tech, faction = xml.parts[-6], xml.parts[-4]
+            out.append(Candidate("megaglest-data", f"megaglest-{_slug(f'{tech}-{faction}-{xml.stem}')}", str(model),
+                                 licence=lic, category=f"units/{faction}"))
+    for g in sorted(root.glob("techs/*/resources/*/models/*.g3d")) + sorted(root.glob("tilesets/*/models/*.g3d")):
+        real = g.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        kind = "resources" if "resources" in g.parts else "tileset"
+        out.append(Candidate("megaglest-data", f"megaglest-{_slug(str(real.relative_to(root.resolve()).with_suffix('')))}",
+                             str(real), licence=lic, category=f"{kind}/{real.parent.parent.name}"))
+    return out
+
+
+def _find_file(folder: Path, rel: str) -> Path | None:
+    """``rel`` under ``folder``, matching case-insensitively as the game's Windows-made paths need."""
+    p = (folder / rel.replace("\\", "/")).resolve()
+    if p.is_file():
+        return p
+    if p.parent.is_dir():
+        low = p.name.lower()
+        for q in p.parent.iterdir():
+            if q.name.lower() == low:
+                return q
+    return None
+
+
+def load_megaglest(c: Candidate) -> list[Part]:
+    import trimesh
+    from core.data.g3d import G3DError, read_g3d
+    path = Path(c.path)
+    try:
+        data = path.read_bytes()
+        meshes = read_g3d(data, str(path))
+    except (G3DError, OSError) as e:
+        raise MeshError(str(e)) from None
+    parts = []
+    for m in meshes:
+        if not len(m.faces):
+            continue
+        image = None
+        if m.texture:
+            tex = _find_file(path.parent, m.texture)
+            if tex is None:
+                raise MeshError(f"{path}: texture {m.texture} not found")
+            try:
+                image = Image.open(tex)
+                image.load()
+                image = image.convert("RGBA")
+            except Exception as e:
+                raise MeshError(f"{tex}: texture does not load ({type(e).__name__}: {e})") from None
+            if m.team_colour:   # the alpha marks team colour, not cut-outs: paint it and make it opaque
+                team = Image.new("RGBA", image.size, TEAM_COLOUR + (255,))
+                image = Image.alpha_composite(team, image).convert("RGB").convert("RGBA")
+        mesh = trimesh.Trimesh(m.vertices, m.faces, process=False)
+        mesh.apply_transform(UP_TRANSFORMS["y"])
+        pos = mesh.vertices[m.faces].astype(np.float32)
+        cols = np.broadcast_to(np.asarray((*m.diffuse, 1.0) if image is None else (1, 1, 1, 1), np.float32),
+                               (*m.faces.shape, 4)).copy()
+        uv = m.uv[m.faces] if image is not None else None
+        parts.append(Part(pos, _crease_normals(mesh), cols, uv, image))
+    if not parts:
+        raise MeshError(f"{path}: no triangles")
+    return parts
+
+
+# ----------------------------------------------------------------------------- Warzone 2100 (PIE)
+
+WARZONE_WZ = Path("/usr/share/games/warzone2100/base.wz")
+WARZONE_SKIP = re.compile(r"dummy|_anim")   # a placeholder; animation frames of a model listed already
+
+
+def list_warzone(archive: Path = WARZONE_WZ) -> list[Candidate]:
+    """Whole structures and map features (buildings, vehicles, wrecks, trees, rocks); the vehicle
+    components (bodies, weapons, propulsion: parts of a unit), effects and markers are left out."""
+    with zipfile.ZipFile(archive) as z:
+        names = [n for n in z.namelist() if n.endswith(".pie") and n.split("/")[0] in ("structs", "features")
+                 and not WARZONE_SKIP.search(n)]
+    return [Candidate("warzone2100-data", f"warzone-{_slug(n[:-4])}", str(archive), n,
+                      licence="GPL-2+ / CC-BY-SA-3.0 (see debian/copyright)", category=n.split("/")[0])
+            for n in sorted(names)]
+
+
+def load_warzone(c: Candidate) -> list[Part]:
+    import trimesh
+    from core.data.pie import PIEError, read_pie
+    with zipfile.ZipFile(c.path) as z:
+        try:
+            info = z.getinfo(c.member)
+        except KeyError:
+            raise MeshError(f"{c.path}:{c.member}: not in the archive") from None
+        if info.file_size > 16 << 20:
+            raise MeshError(f"{c.path}:{c.member}: {info.file_size} bytes, larger than any real PIE")
+        try:
+            pie = read_pie(z.read(c.member).decode("latin-1"), f"{c.path}:{c.member}")
+        except PIEError as e:
+            raise MeshError(str(e)) from None
+        tex = f"texpages/{pie.texture}"
+        try:
+            image = Image.open(io.BytesIO(z.read(tex)))
+            image.load()
+            image = image.convert("RGBA")
+        except KeyError:
+            raise MeshError(f"{c.path}:{c.member}: texture {tex} not in the archive") from None
+        except Exception as e:
+            raise MeshError(f"{c.path}:{tex}: texture does not load ({type(e).__name__}: {e})") from None
+    mesh = trimesh.Trimesh(pie.vertices, pie.faces, process=False)
+    mesh.apply_transform(UP_TRANSFORMS["y"])
+    pos = mesh.vertices[pie.faces].astype(np.float32)
+    return [Part(pos, _crease_normals(mesh), np.ones((*pie.faces.shape, 4), np.float32), pie.uv, image)]
+
+
+# ----------------------------------------------------------------------------- SuperTuxKart (SPM)
+
+STK_DATA = Path("/usr/share/games/supertuxkart/data")
+STK_SKIP = re.compile(r"invisible|collision|_col$|lod|skybox|shadow|water|sky_|boost_arrow|arrow", re.I)
+STK_MIN_THICKNESS = 0.02   # a track's ground patch or decal: its thinnest extent under 2 % of its largest
+
+
+@functools.lru_cache(maxsize=4)
+def _stk_textures(root: str) -> dict[str, Path]:
+    """Every image under the game's data by lower-case file name: a mesh names its textures by file
+    name and the game finds them in the mesh's folder or its shared texture folders."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file():
+            out.setdefault(p.name.lower(), p)
+    return out
+
+
+def _stk_texture(folder: Path, name: str, root: Path) -> Image.Image:
+    p = folder / name
+    if not p.is_file():
+        p = _stk_textures(str(root)).get(Path(name).name.lower())
+    if p is None:
+        raise MeshError(f"{folder}: texture {name} not found")
+    try:
+        im = Image.open(p)
+        im.load()
+        return im.convert("RGBA")
+    except Exception as e:
+        raise MeshError(f"{p}: texture does not load ({type(e).__name__}: {e})") from None
+
+
+def _euler_xyz(deg) -> np.ndarray:
+    """Irrlicht's rotation from (x, y, z) degrees: about X, then Y, then Z."""
+    rx, ry, rz = np.radians(np.asarray(deg, np.float64))
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    Rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    Rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx
+
+
+def _floats(text: str | None, n: int, default: float) -> list[float]:
+    try:
+        v = [float(x) for x in (text or "").split()]
+    except ValueError:
+        v = []
+    return v if len(v) == n else [default] * n
+
+
+def list_stk(root: Path = STK_DATA) -> list[Candidate]:
+    """Library props (each assembled from its ``node.xml``; effects ``gfx_*`` left out), karts (body
+    and wheels, from ``kart.xml``), and each track's own objects (the track's ground model, collision
+    and effect meshes left out)."""
+    import xml.etree.ElementTree as ET
+    lic = "GPL-3+ / CC-BY-SA (per file, see debian/copyright)"
+    out = []
+    for node in sorted(root.glob("library/*/node.xml")):
+        if not node.parent.name.startswith("gfx_"):
+            out.append(Candidate("supertuxkart-data", f"stk-lib-{_slug(node.parent.name)}", str(node),
+                                 licence=lic, category="library", extra=(("layout", "node"), ("root", str(root)))))
+    for kart in sorted(root.glob("karts/*/kart.xml")):
+        out.append(Candidate("supertuxkart-data", f"stk-kart-{_slug(kart.parent.name)}", str(kart), licence=lic,
+                             category="karts", extra=(("layout", "kart"), ("root", str(root)))))
+    for track in sorted(root.glob("tracks/*/scene.xml")):
+        try:
+            t = ET.parse(track).getroot().find("track")
+            ground = t.get("model") if t is not None else None
+        except (ET.ParseError, OSError):
+            ground = None
+        for m in sorted(track.parent.glob("*.spm")):
+            if m.name != ground and not STK_SKIP.search(m.stem):
+                out.append(Candidate("supertuxkart-data", f"stk-{_slug(track.parent.name)}-{_slug(m.stem)}", str(m),
+                                     licence=lic, category=f"tracks/{track.parent.name}",
+                                     extra=(("layout", "mesh"), ("root", str(root)))))
+    return out
+
+
+def _stk_parts(path: Path, transform: np.ndarray, root: Path) -> list[Part]:
+    """One SPM's buffers as parts, placed by ``transform`` (4x4, in the file's frame) and then brought
+    to the world frame: Irrlicht's (x, y, z) is (x, z, y) in a right-handed +Z-up frame."""
+    import trimesh
+    from core.data.spm import SPMError, read_spm
+    try:
+        buffers = read_spm(path.read_bytes(), str(path))
+    except (SPMError, OSError) as e:
+        raise MeshError(str(e)) from None
+    to_world = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64) @ transform
+    parts = []
+    for b in buffers:
+        if not len(b.faces):
+            continue
+        faces = b.faces[:, ::-1] if np.linalg.det(to_world[:3, :3]) < 0 else b.faces  # a mirror flips winding
+        mesh = trimesh.Trimesh(b.vertices, faces, process=False)
+        mesh.apply_transform(to_world)
+        image = _stk_texture(path.parent, b.texture, root) if b.texture and b.uv is not None else None
+        cols = np.concatenate([b.colors, np.ones((len(b.colors), 1), np.float32)], 1)[faces]
+        parts.append(Part(mesh.vertices[faces].astype(np.float32), _crease_normals(mesh), cols,
+                          b.uv[faces] if image is not None else None, image))
+    return parts
+
+
+def load_stk(c: Candidate) -> list[Part]:
+    import xml.etree.ElementTree as ET
+    path = Path(c.path)
+    layout = c.get("layout", "mesh")
+    placed: list[tuple[Path, np.ndarray]] = []
+    if layout == "mesh":
+        placed.append((path, np.eye(4)))
+    else:
+        try:
+            root = ET.parse(path).getroot()
+        except (ET.ParseError, OSError) as e:
+            raise MeshError(f"{path}: unreadable XML ({e})") from None
+        if layout == "node":
+            for o in root.iter("object"):
+                model = o.get("model", "")
+                if not model.endswith(".spm") or o.get("interaction") == "physicsonly":
+                    continue
+                T = np.eye(4)
+                T[:3, :3] = _euler_xyz(_floats(o.get("hpr"), 3, 0.0)) * np.asarray(_floats(o.get("scale"), 3, 1.0))
+                T[:3, 3] = _floats(o.get("xyz"), 3, 0.0)
+                placed.append((path.parent / model, T))
+        else:   # a kart: its body, and its wheels at their positions
+            placed.append((path.parent / root.get("model-file", f"{path.parent.name}.spm"), np.eye(4)))
+            wheels = root.find("wheels")
+            for w in (list(wheels) if wheels is not None else []):
+                if w.get("model"):
+                    T = np.eye(4)
+                    T[:3, 3] = _floats(w.get("position"), 3, 0.0)
+                    placed.append((path.parent / w.get("model"), T))
+    parts = []
+    for p, T in placed:
+        if not p.is_file():
+            raise MeshError(f"{path}: names {p.name}, which is missing")
+        parts += _stk_parts(p, T, Path(c.get("root", STK_DATA)))
+    if not parts:
+        raise MeshError(f"{path}: no SPM mesh to show")
+    if layout == "mesh":
+        pts = np.concatenate([p.positions.reshape(-1, 3) for p in parts])
+        ext = np.ptp(pts, 0)
+        if ext.min() < STK_MIN_THICKNESS * ext.max():
+            raise MeshError(f"{path}: flat ({ext.min():.3g} of {ext.max():.3g}: a ground patch or a decal)")
+    return parts
+
+
 # ----------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -538,9 +867,17 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("minetest-mod-homedecor", "minetest-mod-homedecor", True, HOMEDECOR_ROOT, list_homedecor, load_homedecor,
            "LGPL-3.0 / CC-BY-SA-4.0"),
     Source("flightgear-data-models", "flightgear-data-models", True, FLIGHTGEAR_MODELS, list_flightgear,
-           load_flightgear, "GPL-2+"),
-    Source("flightgear-data-ai", "flightgear-data-ai", True, FLIGHTGEAR_AI, list_flightgear_ai, load_flightgear,
+           load_ac3d, "GPL-2+"),
+    Source("flightgear-data-ai", "flightgear-data-ai", True, FLIGHTGEAR_AI, list_flightgear_ai, load_ac3d,
            "GPL-2+"),
+    Source("torcs-data", "torcs-data", True, TORCS_ROOT, list_torcs, load_ac3d, "GPL-2+ / Free Art"),
+    Source("crrcsim-data", "crrcsim-data", True, CRRCSIM_ROOT, list_crrcsim, load_ac3d, "GPL-2+"),
+    Source("opencity-data", "opencity-data", True, OPENCITY_ROOT, list_opencity, load_ac3d, "GPL-2+"),
+    Source("megaglest-data", "megaglest-data", True, MEGAGLEST_ROOT, list_megaglest, load_megaglest,
+           "GPL-2+ / CC-BY-SA-3.0"),
+    Source("warzone2100-data", "warzone2100-data", True, WARZONE_WZ, list_warzone, load_warzone,
+           "GPL-2+ / CC-BY-SA-3.0"),
+    Source("supertuxkart-data", "supertuxkart-data", True, STK_DATA, list_stk, load_stk, "GPL-3+ / CC-BY-SA"),
 )}
 
 
