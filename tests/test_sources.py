@@ -559,3 +559,17 @@ def test_torcs_crrcsim_and_opencity_list_objects_not_scenes_or_parts(tmp_path):
     assert [c.name for c in sources.list_crrcsim(tmp_path / "crrc")] == ["crrcsim-glider"]
     for name in ("torcs-data", "crrcsim-data", "opencity-data"):
         assert sources.SOURCES[name].loader is sources.load_ac3d
+
+
+def test_zero_ad_texture_alpha_is_transparency_only_for_transparent_materials():
+    """A 0 A.D. texture's alpha is a player-colour mask or unused unless its actor's material is a
+    transparent one: read as transparency, it cut every sword and helmet crest away (empty views)."""
+    tex = Image.new("RGBA", (4, 4), (10, 200, 10, 255))
+    tex.putpixel((0, 0), (0, 0, 0, 0))
+    leaf = np.asarray(sources.zero_ad_alpha(tex, "basic_trans_wind.xml"))
+    player = np.asarray(sources.zero_ad_alpha(tex, "player_trans_ao_spec.xml"))
+    plain = np.asarray(sources.zero_ad_alpha(tex, "no_trans_spec.xml"))
+    assert leaf[0, 0, 3] == 0                                                   # a cut-out stays cut out
+    assert player[..., 3].min() == 255 and tuple(player[0, 0, :3]) == sources.TEAM_COLOUR
+    assert plain[..., 3].min() == 255 and tuple(plain[1, 1, :3]) == (10, 200, 10)
+    assert np.array_equal(np.asarray(sources.zero_ad_alpha(tex, "default.xml"))[..., 3], plain[..., 3])

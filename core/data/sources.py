@@ -49,6 +49,7 @@ FLIGHTGEAR_AI = Path("/usr/share/games/flightgear/AI/Aircraft")
 FLIGHTGEAR_AI_SKIP = re.compile(r"light|shadow|lod|flash|beacon|strobe|glow|cone", re.I)  # effects, not aircraft
 KICAD_SHARE = 0.2    # electronic parts stay under this share of a corpus (core.data.corpus caps them)
 MIN_FACES = 20
+TEAM_COLOUR = (150, 40, 35)   # what a game unit's player-colour areas (a texture's alpha mask) are painted with
 
 
 @dataclass(frozen=True)
@@ -283,13 +284,14 @@ ZERO_AD_KEEP = ("props", "gaia", "skeletal")    # not "structural" (building par
 ZERO_AD_MIN_FACES, ZERO_AD_MIN_EXTENT = 60, 1.0  # tiny decorations (game units; a soldier is ~2 tall)
 _ACTOR_MESH = re.compile(r"<mesh>\s*([^<\s]+)\s*</mesh>")
 _ACTOR_BASETEX = re.compile(r'<texture\s+file="([^"]+)"\s+name="baseTex"')
+_ACTOR_MATERIAL = re.compile(r"<material>\s*([^<\s]+)\s*</material>")
 
 
-def zero_ad_textures(z: zipfile.ZipFile) -> dict[str, str]:
-    """PMD member -> base texture member, from the actors (the meshes do not name their textures): each
-    actor's meshes take the first ``baseTex`` it lists."""
+def zero_ad_textures(z: zipfile.ZipFile) -> dict[str, tuple[str, str]]:
+    """PMD member -> (base texture member, material), from the actors (the meshes do not name their
+    textures): each actor's meshes take the first ``baseTex`` it lists; no material is ``default.xml``."""
     names = set(z.namelist())
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for a in sorted(n for n in names if n.startswith("art/actors/") and n.endswith(".xml")):
         text = z.read(a).decode("utf-8", "replace")
         tex = _ACTOR_BASETEX.search(text)
@@ -299,10 +301,23 @@ def zero_ad_textures(z: zipfile.ZipFile) -> dict[str, str]:
         member = next((m for m in (base, base + ".cached.dds", base.rsplit(".", 1)[0] + ".dds") if m in names), None)
         if member is None:
             continue
+        mat = _ACTOR_MATERIAL.search(text)
+        entry = (member, mat.group(1) if mat else "default.xml")
         for mesh in _ACTOR_MESH.findall(text):   # the archive holds the converted mesh: NAME.dae.cached.pmd
-            out.setdefault(f"art/meshes/{mesh}.cached.pmd", member)
-            out.setdefault("art/meshes/" + mesh.rsplit(".", 1)[0] + ".pmd", member)
+            out.setdefault(f"art/meshes/{mesh}.cached.pmd", entry)
+            out.setdefault("art/meshes/" + mesh.rsplit(".", 1)[0] + ".pmd", entry)
     return out
+
+
+def zero_ad_alpha(image: Image.Image, material: str) -> Image.Image:
+    """What a 0 A.D. texture's alpha means depends on its actor's material: transparency only for the
+    ``*trans*`` materials (leaves, cloth cut-outs); the player colour's mask for ``player_*`` (painted
+    with ``TEAM_COLOUR``); nothing for the others. Left as alpha, a mask cuts holes in swords and sails."""
+    if "trans" in material and not material.startswith(("player", "no_trans")):
+        return image
+    if material.startswith("player"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, TEAM_COLOUR + (255,)), image)
+    return image.convert("RGB").convert("RGBA")
 
 
 def list_zero_ad(archive: Path = ZERO_AD_ZIP) -> list[Candidate]:
@@ -315,7 +330,8 @@ def list_zero_ad(archive: Path = ZERO_AD_ZIP) -> list[Candidate]:
         if cat in ZERO_AD_KEEP:
             stem = n[len("art/meshes/"):].removesuffix(".pmd").removesuffix(".cached").removesuffix(".dae")
             out.append(Candidate("0ad-data", f"0ad-{_slug(stem)}", str(archive), n,
-                                 "CC-BY-SA-3.0", cat, (("texture", textures.get(n, "")),)))
+                                 "CC-BY-SA-3.0", cat, (("texture", textures.get(n, ("", ""))[0]),
+                                                        ("material", textures.get(n, ("", ""))[1]))))
     return out
 
 
@@ -336,7 +352,7 @@ def load_zero_ad(c: Candidate) -> list[Part]:
         try:
             image = Image.open(io.BytesIO(z.read(tex)))
             image.load()
-            image = image.convert("RGBA")
+            image = zero_ad_alpha(image.convert("RGBA"), c.get("material", "default.xml"))
         except Exception as e:
             raise MeshError(f"{c.path}:{tex}: texture does not load ({type(e).__name__}: {e})") from None
     faces = pmd.faces[:, ::-1]   # the game's faces are clockwise seen from outside: reverse them
@@ -562,7 +578,6 @@ def list_opencity(root: Path = OPENCITY_ROOT) -> list[Candidate]:
 # ----------------------------------------------------------------------------- MegaGlest (G3D)
 
 MEGAGLEST_ROOT = Path("/usr/share/games/megaglest")
-TEAM_COLOUR = (150, 40, 35)   # what a unit's team-colour areas (its texture's alpha) are painted with
 
 
 def _stop_model(unit_xml: Path) -> Path | None:
@@ -647,8 +662,8 @@ def load_megaglest(c: Candidate) -> list[Part]:
             except Exception as e:
                 raise MeshError(f"{tex}: texture does not load ({type(e).__name__}: {e})") from None
             if m.team_colour:   # the alpha marks team colour, not cut-outs: paint it and make it opaque
-                team = Image.new("RGBA", image.size, TEAM_COLOUR + (255,))
-                image = Image.alpha_composite(team, image).convert("RGB").convert("RGBA")
+                image = Image.alpha_composite(Image.new("RGBA", image.size, TEAM_COLOUR + (255,)), image)
+                image = image.convert("RGB").convert("RGBA")
         mesh = trimesh.Trimesh(m.vertices, m.faces, process=False)
         mesh.apply_transform(UP_TRANSFORMS["y"])
         pos = mesh.vertices[m.faces].astype(np.float32)
