@@ -100,6 +100,28 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80]
 
 
+def read_texture(data: bytes | Path, label: str) -> Image.Image:
+    """An RGBA texture from a file or bytes; one that does not decode is a MeshError naming it (a
+    texture is never silently replaced by grey)."""
+    try:
+        im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        im.load()
+        return im.convert("RGBA")
+    except Exception as e:   # Pillow raises many kinds; all mean "cannot decode this image"
+        raise MeshError(f"{label}: texture does not load ({type(e).__name__}: {e})") from None
+
+
+def read_member(z: zipfile.ZipFile, c: "Candidate", max_bytes: int, kind: str) -> bytes:
+    """``c.member`` of an archive, refused by name when absent or larger than any real ``kind`` file."""
+    try:
+        info = z.getinfo(c.member)
+    except KeyError:
+        raise MeshError(f"{c.path}:{c.member}: not in the archive") from None
+    if info.file_size > max_bytes:
+        raise MeshError(f"{c.path}:{c.member}: {info.file_size} bytes, larger than any real {kind}")
+    return z.read(c.member)
+
+
 # ----------------------------------------------------------------------------- Sweet Home 3D
 
 def _java_properties(text: str) -> dict[str, str]:
@@ -246,12 +268,7 @@ def md2_skin(z: zipfile.ZipFile, member: str, skins: list[str]) -> Image.Image |
         base = f"{folder}/{s.lstrip('.')}" if s.startswith(".") or "/" not in s else s.rsplit(".", 1)[0]
         for ext in (".png", ".jpg", ".tga"):
             if base + ext in names:
-                try:
-                    im = Image.open(io.BytesIO(z.read(base + ext)))
-                    im.load()
-                    return im.convert("RGBA")
-                except Exception as e:
-                    raise MeshError(f"{base + ext}: texture does not load ({type(e).__name__}: {e})") from None
+                return read_texture(z.read(base + ext), base + ext)
     return None
 
 
@@ -259,14 +276,9 @@ def load_ufoai(c: Candidate) -> list[Part]:
     import trimesh
     from core.data.md2 import MD2Error, read_md2
     with zipfile.ZipFile(c.path) as z:
+        data = read_member(z, c, 64 << 20, "MD2")
         try:
-            info = z.getinfo(c.member)
-        except KeyError:
-            raise MeshError(f"{c.path}:{c.member}: not in the archive") from None
-        if info.file_size > 64 << 20:
-            raise MeshError(f"{c.path}:{c.member}: {info.file_size} bytes, larger than any real MD2")
-        try:
-            md2 = read_md2(z.read(c.member), f"{c.path}:{c.member}")
+            md2 = read_md2(data, f"{c.path}:{c.member}")
         except MD2Error as e:
             raise MeshError(str(e)) from None
         skin = md2_skin(z, c.member, md2.skins)
@@ -350,11 +362,10 @@ def load_zero_ad(c: Candidate) -> list[Part]:
         if not tex:
             raise MeshError(f"{c.path}:{c.member}: no actor names a texture for it")
         try:
-            image = Image.open(io.BytesIO(z.read(tex)))
-            image.load()
-            image = zero_ad_alpha(image.convert("RGBA"), c.get("material", "default.xml"))
-        except Exception as e:
-            raise MeshError(f"{c.path}:{tex}: texture does not load ({type(e).__name__}: {e})") from None
+            data = z.read(tex)
+        except KeyError:
+            raise MeshError(f"{c.path}:{tex}: not in the archive") from None
+        image = zero_ad_alpha(read_texture(data, f"{c.path}:{tex}"), c.get("material", "default.xml"))
     faces = pmd.faces[:, ::-1]   # the game's faces are clockwise seen from outside: reverse them
     mesh = trimesh.Trimesh(pmd.vertices, faces, process=False,
                            visual=trimesh.visual.TextureVisuals(uv=pmd.uv, image=image))
@@ -655,12 +666,7 @@ def load_megaglest(c: Candidate) -> list[Part]:
             tex = _find_file(path.parent, m.texture)
             if tex is None:
                 raise MeshError(f"{path}: texture {m.texture} not found")
-            try:
-                image = Image.open(tex)
-                image.load()
-                image = image.convert("RGBA")
-            except Exception as e:
-                raise MeshError(f"{tex}: texture does not load ({type(e).__name__}: {e})") from None
+            image = read_texture(tex, str(tex))
             if m.team_colour:   # the alpha marks team colour, not cut-outs: paint it and make it opaque
                 image = Image.alpha_composite(Image.new("RGBA", image.size, TEAM_COLOUR + (255,)), image)
                 image = image.convert("RGB").convert("RGBA")
@@ -697,25 +703,17 @@ def load_warzone(c: Candidate) -> list[Part]:
     import trimesh
     from core.data.pie import PIEError, read_pie
     with zipfile.ZipFile(c.path) as z:
+        data = read_member(z, c, 16 << 20, "PIE")
         try:
-            info = z.getinfo(c.member)
-        except KeyError:
-            raise MeshError(f"{c.path}:{c.member}: not in the archive") from None
-        if info.file_size > 16 << 20:
-            raise MeshError(f"{c.path}:{c.member}: {info.file_size} bytes, larger than any real PIE")
-        try:
-            pie = read_pie(z.read(c.member).decode("latin-1"), f"{c.path}:{c.member}")
+            pie = read_pie(data.decode("latin-1"), f"{c.path}:{c.member}")
         except PIEError as e:
             raise MeshError(str(e)) from None
         tex = f"texpages/{pie.texture}"
         try:
-            image = Image.open(io.BytesIO(z.read(tex)))
-            image.load()
-            image = image.convert("RGBA")
+            data = z.read(tex)
         except KeyError:
             raise MeshError(f"{c.path}:{c.member}: texture {tex} not in the archive") from None
-        except Exception as e:
-            raise MeshError(f"{c.path}:{tex}: texture does not load ({type(e).__name__}: {e})") from None
+        image = read_texture(data, f"{c.path}:{tex}")
     mesh = trimesh.Trimesh(pie.vertices, pie.faces, process=False)
     mesh.apply_transform(UP_TRANSFORMS["y"])
     pos = mesh.vertices[pie.faces].astype(np.float32)
@@ -746,12 +744,7 @@ def _stk_texture(folder: Path, name: str, root: Path) -> Image.Image:
         p = _stk_textures(str(root)).get(Path(name).name.lower())
     if p is None:
         raise MeshError(f"{folder}: texture {name} not found")
-    try:
-        im = Image.open(p)
-        im.load()
-        return im.convert("RGBA")
-    except Exception as e:
-        raise MeshError(f"{p}: texture does not load ({type(e).__name__}: {e})") from None
+    return read_texture(p, str(p))
 
 
 def _euler_xyz(deg) -> np.ndarray:
