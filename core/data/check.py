@@ -3,8 +3,8 @@
 DIR may be a dataset root (``train/``, ``val/``), a folder of object folders or one object
 folder. Checked: every view has a readable square image and a (3, 4) finite pose that is a
 rotation and looks at the origin (``cameras.validate_w2c``); image sizes agree within an
-object; a view with a mask shows the object (not empty); optional alpha/depth/embedding files are readable and the right size; ``meta.json``
-is valid; stray poses have images. Nothing raises on bad data: problems are collected and
+object; a view with a mask shows the object; optional alpha/depth/embedding files are readable
+and the right size; ``meta.json`` is valid; stray poses have images. Nothing raises on bad data: problems are collected and
 the exit code is 1 when there are any.
 """
 from __future__ import annotations
