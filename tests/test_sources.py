@@ -199,8 +199,15 @@ def test_zero_ad_mesh_takes_its_actors_texture_and_small_props_are_dropped(tmp_p
         z.writestr("art/actors/props/urn.xml", '<actor><group><variant><mesh>props/urn.dae</mesh><textures>'
                                               '<texture file="props/urn.png" name="baseTex"/></textures></variant>'
                                               '</group></actor>')
+        for stem in ("kart_house", "kart_house_foundation", "found_4x4", "kart_temple_roof"):
+            z.writestr(f"art/meshes/structural/{stem}.dae.cached.pmd", write_pmd(box.vertices, box.faces[:, ::-1]))
+        z.writestr("art/actors/structures/kart/house.xml",       # a building's body, its foundation, its roof
+                   '<actor><group><variant><mesh>structural/kart_house.dae</mesh></variant>'
+                   '<variant><mesh>structural/kart_house_foundation.dae</mesh></variant>'
+                   '<variant><mesh>structural/found_4x4.dae</mesh></variant>'
+                   '<variant><mesh>structural/kart_temple_roof.dae</mesh></variant></group></actor>')
     cands = {c.name: c for c in sources.list_zero_ad(archive)}
-    assert set(cands) == {"0ad-props-urn", "0ad-props-pebble"}                  # no building parts
+    assert set(cands) == {"0ad-props-urn", "0ad-props-pebble", "0ad-structural-kart-house"}  # no building parts
     assert cands["0ad-props-urn"].get("texture") == "art/textures/skins/props/urn.png.cached.dds"
     parts = sources.load_zero_ad(cands["0ad-props-urn"])
     mesh = trimesh.Trimesh(parts[0].positions.reshape(-1, 3), np.arange(len(parts[0].positions) * 3).reshape(-1, 3))
@@ -377,6 +384,26 @@ def test_flightgear_ai_lists_each_aircraft_model_and_leaves_out_effects(tmp_path
         ["A300/Models/A300.ac", "A300/Models/AB6.ac", "E70/Models/ERJ170.ac"]
     assert len({c.name for c in cands}) == 3 and all(c.source == "flightgear-data-ai" for c in cands)
     assert sources.SOURCES["flightgear-data-ai"].loader is sources.load_ac3d
+
+
+def test_flightgear_scenery_lists_objects_once_and_leaves_out_effects(tmp_path):
+    models, scenery = tmp_path / "Models", tmp_path / "Scenery" / "Models"
+    for rel in ("Airport/Vehicle/tug.ac", "Airport/Vehicle/tug-shadow.ac", "Airport/Vehicle/BlueFlashFast.ac", "Maritime/silvershadow.ac",
+                "Transport/bus.ac", "Transport/bus_LOD2.ac", "Effects/smoke.ac", "Industrial/crane.ac"):
+        (scenery / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scenery / rel).write_text(_ac3d_grid())
+    (models / "Industrial").mkdir(parents=True)
+    (models / "Industrial" / "crane.ac").write_text(_ac3d_grid())     # flightgear-data-models lists it
+    tile = scenery.parent / "Objects" / "w130n30" / "w123n37"
+    tile.mkdir(parents=True)
+    (tile / "KSFO_tower.ac").write_text(_ac3d_grid())
+    cands = sources.list_flightgear_scenery(scenery, models)
+    assert [Path(c.path).relative_to(scenery.parent).as_posix() for c in cands] == \
+        ["Models/Airport/Vehicle/tug.ac", "Models/Maritime/silvershadow.ac", "Models/Transport/bus.ac",  # a ship, not a shadow
+         "Objects/w130n30/w123n37/KSFO_tower.ac"]
+    assert [c.category for c in cands] == ["Airport", "Maritime", "Transport", "Objects"]
+    assert all(c.source == "flightgear-data-base" for c in cands)
+    assert sources.SOURCES["flightgear-data-base"].loader is sources.load_ac3d
 
 
 # ----------------------------------------------------------------------------- game collections added to corpus v2

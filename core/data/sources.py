@@ -15,6 +15,7 @@ in one place). Every failure is a ``MeshError`` naming the file. ``python -m cor
 | minetest-mod-homedecor | minetest-mod-homedecor | OBJ per group (``core.data.minetest``), Y up, textures from the mod's Lua ``tiles`` |
 | flightgear-data-models | flightgear-data-models + assimp-utils | AC3D, Y up, converted to OBJ+MTL by ``assimp export`` (trimesh reads no AC3D) |
 | flightgear-data-ai | flightgear-data-ai + assimp-utils | the AI traffic's aircraft, AC3D as above; lights, shadows and LOD stand-ins left out |
+| flightgear-data-base | flightgear-data-base + assimp-utils | the scenery's shared models (``Scenery/Models``: vehicles, aircraft, ships, buildings, masts, trees) and its tiles' one-off buildings (``Scenery/Objects``), AC3D as above; effects and files also in ``Models`` left out |
 | torcs-data, crrcsim-data, opencity-data | the same + assimp-utils | AC3D as above: cars and trackside objects; model aircraft; buildings and vehicles |
 | megaglest-data | megaglest-data | G3D (``core.data.g3d``), Y up, each unit's standing pose and every tileset object once |
 | warzone2100-data | warzone2100-data | PIE (``core.data.pie``) inside ``base.wz``, Y up, structures and map features, texture pages |
@@ -47,6 +48,8 @@ FLIGHTGEAR_MODELS = Path("/usr/share/games/flightgear/Models")
 FLIGHTGEAR_SKIP = ("Weather", "Effects", "Geometry", "Astro", "Volcanoes")  # clouds, lights, markers: not objects
 FLIGHTGEAR_AI = Path("/usr/share/games/flightgear/AI/Aircraft")
 FLIGHTGEAR_AI_SKIP = re.compile(r"light|shadow|lod|flash|beacon|strobe|glow|cone", re.I)  # effects, not aircraft
+FLIGHTGEAR_SCENERY = Path("/usr/share/games/flightgear/Scenery/Models")
+FLIGHTGEAR_SCENERY_SKIP = re.compile(r"(^|[-_.])(shadow|lod\d*)([-_.]|$)|flash|strobe|glow", re.I)  # not beacon towers
 KICAD_SHARE = 0.2    # electronic parts stay under this share of a corpus (core.data.corpus caps them)
 MIN_FACES = 20
 TEAM_COLOUR = (150, 40, 35)   # what a game unit's player-colour areas (a texture's alpha mask) are painted with
@@ -292,7 +295,9 @@ def load_ufoai(c: Candidate) -> list[Part]:
 
 # ----------------------------------------------------------------------------- 0 A.D. (PMD)
 
-ZERO_AD_KEEP = ("props", "gaia", "skeletal")    # not "structural" (building parts), "temp", "test"
+ZERO_AD_KEEP = ("props", "gaia", "skeletal")    # and whole buildings from "structural"; not "temp", "test"
+ZERO_AD_BUILDING_PARTS = re.compile(r"(^|_)found(ation)?(_|\d|$)|field|destroyed|decor|rubble|scaffold|props?(_|$)"
+                                    r"|roof|nature|transp|ground|(_|^)(back|front|base|floor)(_|$)", re.I)
 ZERO_AD_MIN_FACES, ZERO_AD_MIN_EXTENT = 60, 1.0  # tiny decorations (game units; a soldier is ~2 tall)
 _ACTOR_MESH = re.compile(r"<mesh>\s*([^<\s]+)\s*</mesh>")
 _ACTOR_BASETEX = re.compile(r'<texture\s+file="([^"]+)"\s+name="baseTex"')
@@ -321,6 +326,19 @@ def zero_ad_textures(z: zipfile.ZipFile) -> dict[str, tuple[str, str]]:
     return out
 
 
+def zero_ad_buildings(z: zipfile.ZipFile) -> set[str]:
+    """The ``structural`` meshes that are whole buildings, ships or siege engines: the body mesh of a
+    structure actor (``art/actors/structures/``). Foundations, roofs, scaffolding, rubble, vegetation
+    overlays and other parts (named so) are left out, and so is every mesh no structure actor uses."""
+    out = set()
+    for a in (n for n in z.namelist() if n.startswith("art/actors/structures/") and n.endswith(".xml")):
+        for mesh in _ACTOR_MESH.findall(z.read(a).decode("utf-8", "replace")):
+            stem = mesh.rsplit("/", 1)[-1].removesuffix(".dae")
+            if mesh.startswith("structural/") and not ZERO_AD_BUILDING_PARTS.search(stem):
+                out.update((f"art/meshes/{mesh}.cached.pmd", "art/meshes/" + mesh.rsplit(".", 1)[0] + ".pmd"))
+    return out
+
+
 def zero_ad_alpha(image: Image.Image, material: str) -> Image.Image:
     """What a 0 A.D. texture's alpha means depends on its actor's material: transparency only for the
     ``*trans*`` materials (leaves, cloth cut-outs); the player colour's mask for ``player_*`` (painted
@@ -334,12 +352,12 @@ def zero_ad_alpha(image: Image.Image, material: str) -> Image.Image:
 
 def list_zero_ad(archive: Path = ZERO_AD_ZIP) -> list[Candidate]:
     with zipfile.ZipFile(archive) as z:
-        textures = zero_ad_textures(z)
+        textures, buildings = zero_ad_textures(z), zero_ad_buildings(z)
         names = [n for n in z.namelist() if n.startswith("art/meshes/") and n.endswith(".pmd")]
     out = []
     for n in sorted(names):
         cat = n.split("/")[2]
-        if cat in ZERO_AD_KEEP:
+        if cat in ZERO_AD_KEEP or n in buildings:
             stem = n[len("art/meshes/"):].removesuffix(".pmd").removesuffix(".cached").removesuffix(".dae")
             out.append(Candidate("0ad-data", f"0ad-{_slug(stem)}", str(archive), n,
                                  "CC-BY-SA-3.0", cat, (("texture", textures.get(n, ("", ""))[0]),
@@ -523,6 +541,27 @@ def list_flightgear_ai(root: Path = FLIGHTGEAR_AI) -> list[Candidate]:
     return [Candidate("flightgear-data-ai", f"flightgear-ai-{_slug(str(p.relative_to(root).with_suffix('')))}", str(p),
                       licence="GPL-2+ (see debian/copyright)", category="aircraft")
             for p in sorted(root.rglob("*.ac")) if not FLIGHTGEAR_AI_SKIP.search(str(p.relative_to(root)))]
+
+
+def list_flightgear_scenery(root: Path = FLIGHTGEAR_SCENERY, models: Path = FLIGHTGEAR_MODELS) -> list[Candidate]:
+    """The scenery's shared models (what the world's airports, harbours and towns are furnished with)
+    and the one-off buildings of the bundled tiles (``../Objects/<tile>/``: control towers, hangars,
+    lighthouses), one per AC3D file. The ``Effects`` folder, lights, shadows and LOD stand-ins are not
+    objects, and a file that ``flightgear-data-models`` also ships (same path under ``Models``) is
+    listed there only."""
+    out = []
+    for p in sorted(root.rglob("*.ac")):
+        rel = p.relative_to(root)
+        if rel.parts[0] in FLIGHTGEAR_SKIP or FLIGHTGEAR_SCENERY_SKIP.search(p.stem) or (models / rel).is_file():
+            continue
+        out.append(Candidate("flightgear-data-base", f"flightgear-scenery-{_slug(str(rel.with_suffix('')))}", str(p),
+                             licence="GPL-2+ (see debian/copyright)", category=rel.parts[0]))
+    objects = root.parent / "Objects"
+    for p in sorted(objects.rglob("*.ac")) if objects.is_dir() else ():
+        if not FLIGHTGEAR_SCENERY_SKIP.search(p.stem):
+            out.append(Candidate("flightgear-data-base", f"flightgear-object-{_slug(p.parent.name + '-' + p.stem)}", str(p),
+                                 licence="GPL-2+ (see debian/copyright)", category="Objects"))
+    return out
 
 
 def load_ac3d(c: Candidate) -> list[Part]:
@@ -878,6 +917,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            load_ac3d, "GPL-2+"),
     Source("flightgear-data-ai", "flightgear-data-ai", True, FLIGHTGEAR_AI, list_flightgear_ai, load_ac3d,
            "GPL-2+"),
+    Source("flightgear-data-base", "flightgear-data-base", True, FLIGHTGEAR_SCENERY, list_flightgear_scenery,
+           load_ac3d, "GPL-2+"),
     Source("torcs-data", "torcs-data", True, TORCS_ROOT, list_torcs, load_ac3d, "GPL-2+ / Free Art"),
     Source("crrcsim-data", "crrcsim-data", True, CRRCSIM_ROOT, list_crrcsim, load_ac3d, "GPL-2+"),
     Source("opencity-data", "opencity-data", True, OPENCITY_ROOT, list_opencity, load_ac3d, "GPL-2+"),
