@@ -25,6 +25,7 @@ def test_pybullet_sources_cover_random_urdfs_and_skip_helpers():
     for name in ("duck.obj", "soccerball.urdf", "objects/mug.urdf", "lego/lego.urdf", "teddy_vhacd.urdf"):
         assert any(p.endswith(name) for p in paths), name
     assert not any(k in p for p in paths for k in ("plane.urdf", "samurai", "stadium", "_col.obj", "/collision/"))
+    assert not any("bunny" in p.lower() for p in paths)     # a Stanford bunny copy: reserved for evaluation
     assert len({j.name for j in jobs}) == len(jobs)
 
 
