@@ -546,8 +546,8 @@ def list_flightgear_ai(root: Path = FLIGHTGEAR_AI) -> list[Candidate]:
 def list_flightgear_scenery(root: Path = FLIGHTGEAR_SCENERY, models: Path = FLIGHTGEAR_MODELS) -> list[Candidate]:
     """The scenery's shared models (what the world's airports, harbours and towns are furnished with)
     and the one-off buildings of the bundled tiles (``../Objects/<tile>/``: control towers, hangars,
-    lighthouses), one per AC3D file. The ``Effects`` folder, lights, shadows and LOD stand-ins are not
-    objects, and a file that ``flightgear-data-models`` also ships (same path under ``Models``) is
+    lighthouses), one per AC3D file. The ``Effects`` folder, flashing lights, shadows and LOD stand-ins
+    are not objects, and a file that ``flightgear-data-models`` also ships (same path under ``Models``) is
     listed there only."""
     out = []
     for p in sorted(root.rglob("*.ac")):
